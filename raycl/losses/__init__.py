@@ -1,0 +1,54 @@
+"""Contrastive losses as a positive term plus a weighted entropy term (pure torch, no Ray).
+
+Every loss returns ``LossTerms(total, pos, ent)`` with ``total = pos + weight · ent``. Pick one
+by name with :func:`build_loss`, e.g. ``build_loss("tcl", temperature=0.1, k1=5000)``.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+from raycl.losses.aggregation import AGGREGATIONS, aggregate
+from raycl.losses.base import ContrastiveLoss, LossTerms
+from raycl.losses.dhel import DHELLoss
+from raycl.losses.infonce import InfoNCELoss
+from raycl.losses.kcl import KCLLoss
+from raycl.losses.margin import MarginLoss
+from raycl.losses.structure import PairStructure, flatten_batch
+from raycl.losses.supcon import SupConLoss
+from raycl.losses.tcl import TCLLoss
+
+LOSSES: dict[str, type[ContrastiveLoss]] = {
+    cls.name: cls for cls in (InfoNCELoss, SupConLoss, TCLLoss, DHELLoss, KCLLoss, MarginLoss)
+}
+
+
+def build_loss(name: str, **params: Any) -> ContrastiveLoss:
+    """The loss registered as ``name``, built with ``params`` (one-line error on bad input)."""
+    if name not in LOSSES:
+        raise ValueError(f"loss name must be one of {sorted(LOSSES)}, got {name!r}")
+    cls = LOSSES[name]
+    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise ValueError(f"loss {name!r} has no parameter {unknown[0]!r}; allowed: {allowed}")
+    return cls(**params)
+
+
+__all__ = [
+    "AGGREGATIONS",
+    "LOSSES",
+    "ContrastiveLoss",
+    "DHELLoss",
+    "InfoNCELoss",
+    "KCLLoss",
+    "LossTerms",
+    "MarginLoss",
+    "PairStructure",
+    "SupConLoss",
+    "TCLLoss",
+    "aggregate",
+    "build_loss",
+    "flatten_batch",
+]

@@ -1,0 +1,66 @@
+"""Decoupled Hyperspherical Energy Loss (Koromilas et al., ICML 2024), official code's form.
+
+For views u (view 0) and v (view 1) of N items:
+
+    L = −(1/N) Σ_i log [ exp(u_i·v_i/τ) / ( Σ_{j≠i} exp(u_i·u_j/τ) · Σ_{j≠i} exp(v_i·v_j/τ) ) ]
+
+The energy (denominator) holds only same-view pairs: no positive, no cross-view term, so the
+alignment gradient is the constant −1/τ. Split over anchors i of every view:
+
+    pos = agg_i[ −mean_{p∈P(i)} s_ip/τ ]
+    ent = c · agg_i[ LSE_{j ∈ same_view(i)} s_ij/τ − (log|same_view(i)| if lse='mean') ]
+    total = pos + weight · ent
+
+With ``include_augs=True`` (code default) every anchor has an energy element and c = V (one
+energy per view, as in the formula); with ``include_augs=False`` only view-0 anchors do, c = 1.
+"""
+
+from __future__ import annotations
+
+from raycl.losses.aggregation import Aggregation, TermSum
+from raycl.losses.base import Impl, anchor_term, log_mean_exp, positive_counts
+from raycl.losses.infonce import InfoNCELoss
+from raycl.losses.reductions import RowReduction, RowStat
+from raycl.losses.structure import PairStructure
+
+
+class DHELLoss(InfoNCELoss):
+    """DHEL: InfoNCE-style alignment, energy decoupled to same-view pairs."""
+
+    name = "dhel"
+    accepts_labels = True
+
+    def __init__(
+        self,
+        temperature: float = 0.3,
+        include_augs: bool = True,
+        weight: float = 1.0,
+        aggregation: Aggregation = "mean_per_term",
+        lse: str = "sum",
+        impl: Impl = "auto",
+        block_size: int | None = None,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(temperature, weight, aggregation, lse, impl, block_size, normalize)
+        self.include_augs = bool(include_augs)
+
+    def reductions(self) -> list[RowReduction]:
+        return [
+            RowReduction("positives", "sum", self.scaled),
+            RowReduction("same_view", "logsumexp", self.scaled),
+        ]
+
+    def term_sums(
+        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
+    ) -> tuple[TermSum, TermSum]:
+        positives, energy = stats
+        pos = -positives.value / positive_counts(rows, cols, self.name)
+        ent = log_mean_exp(energy.value, rows, cols, "same_view", self.lse)
+        members = None if self.include_augs else rows.views == 0
+        return anchor_term(pos), anchor_term(ent, members)
+
+    def ent_scale(self, cols: PairStructure) -> float:
+        return float(cols.num_views) if self.include_augs else 1.0
+
+    def hparams(self) -> dict[str, object]:
+        return {"include_augs": self.include_augs, **super().hparams()}

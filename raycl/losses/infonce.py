@@ -1,0 +1,81 @@
+"""InfoNCE / NT-Xent (SimCLR), with V ≥ 2 views, split into a positive and an entropy term.
+
+For anchor i with positives P(i) (its other views) and all other rows A(i):
+
+    ℓ_i = −(1/|P(i)|) Σ_{p∈P(i)} s_ip/τ  +  log Σ_{a∈A(i)} exp(s_ia/τ)
+          └──────── positive term ─────┘     └────── entropy term ──────┘
+
+    pos = agg_i[ −mean_p s_ip/τ ]     ent = agg_i[ LSE_{A(i)}(s/τ) − (log|A(i)| if lse='mean') ]
+    total = pos + weight · ent
+
+The defaults (weight=1, aggregation='mean_per_term', lse='sum') give NT-Xent exactly. The
+log-mean-exp (``lse='mean'``) shifts the value by log|A(i)| only: same gradients, values
+comparable across batch sizes. ``weight`` decouples the balance from the temperature.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from raycl.losses.aggregation import Aggregation, TermSum
+from raycl.losses.base import (
+    ContrastiveLoss,
+    Impl,
+    anchor_term,
+    check_choice,
+    check_number,
+    log_mean_exp,
+    positive_counts,
+)
+from raycl.losses.reductions import RowReduction, RowStat
+from raycl.losses.structure import PairStructure
+
+LSE_MODES = ("sum", "mean")
+
+
+class InfoNCELoss(ContrastiveLoss):
+    """NT-Xent over V views; self-supervised (positives are the other views of an item)."""
+
+    name = "infonce"
+    accepts_labels = False
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        weight: float = 1.0,
+        aggregation: Aggregation = "mean_per_term",
+        lse: str = "sum",
+        impl: Impl = "auto",
+        block_size: int | None = None,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(
+            weight=weight,
+            aggregation=aggregation,
+            impl=impl,
+            block_size=block_size,
+            normalize=normalize,
+        )
+        self.temperature = check_number("temperature", temperature, minimum=0.0, strict=True)
+        self.lse = check_choice("lse", lse, LSE_MODES)
+
+    def scaled(self, s: Tensor) -> Tensor:
+        """s / τ."""
+        return s / self.temperature
+
+    def reductions(self) -> list[RowReduction]:
+        return [
+            RowReduction("positives", "sum", self.scaled),
+            RowReduction("others", "logsumexp", self.scaled),
+        ]
+
+    def term_sums(
+        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
+    ) -> tuple[TermSum, TermSum]:
+        positives, entropy = stats
+        pos = -positives.value / positive_counts(rows, cols, self.name)
+        ent = log_mean_exp(entropy.value, rows, cols, "others", self.lse)
+        return anchor_term(pos), anchor_term(ent)
+
+    def hparams(self) -> dict[str, object]:
+        return {"temperature": self.temperature, "lse": self.lse, **super().hparams()}

@@ -1,0 +1,72 @@
+"""Contrastive margin loss (Hadsell et al. 2006) on cosine similarity.
+
+    pos = agg_{(i,p) positive} [ m_pos − s_ip ]_+      (pull positives above m_pos)
+    ent = agg_{(i,n) negative} [ s_in − m_neg ]_+      (push negatives below m_neg)
+    total = pos + weight · ent
+
+The entropy term is a short-range repulsive pair potential. Defaults follow
+pytorch-metric-learning's ContrastiveLoss with cosine similarity (pos_margin=1,
+neg_margin=0, each term averaged over its non-zero elements).
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from raycl.losses.aggregation import AGGREGATIONS, Aggregation, TermSum
+from raycl.losses.base import ContrastiveLoss, Impl, check_number, pair_term
+from raycl.losses.reductions import RowReduction, RowStat
+from raycl.losses.structure import PairStructure, column_counts
+
+
+class MarginLoss(ContrastiveLoss):
+    """Hinge on positive and negative similarities with margins ``pos_margin``, ``neg_margin``."""
+
+    name = "margin"
+    aggregations = AGGREGATIONS
+
+    def __init__(
+        self,
+        pos_margin: float = 1.0,
+        neg_margin: float = 0.0,
+        weight: float = 1.0,
+        aggregation: Aggregation = "mean_nonzero",
+        impl: Impl = "auto",
+        block_size: int | None = None,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__(
+            weight=weight,
+            aggregation=aggregation,
+            impl=impl,
+            block_size=block_size,
+            normalize=normalize,
+        )
+        self.pos_margin = check_number("pos_margin", pos_margin)
+        self.neg_margin = check_number("neg_margin", neg_margin)
+
+    def positive_hinge(self, s: Tensor) -> Tensor:
+        """[m_pos − s]_+."""
+        return (self.pos_margin - s).clamp_min(0)
+
+    def negative_hinge(self, s: Tensor) -> Tensor:
+        """[s − m_neg]_+."""
+        return (s - self.neg_margin).clamp_min(0)
+
+    def reductions(self) -> list[RowReduction]:
+        return [
+            RowReduction("positives", "sum", self.positive_hinge),
+            RowReduction("negatives", "sum", self.negative_hinge),
+        ]
+
+    def term_sums(
+        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
+    ) -> tuple[TermSum, TermSum]:
+        positives, negatives = stats
+        return (
+            pair_term(positives, column_counts(rows, cols, "positives")),
+            pair_term(negatives, column_counts(rows, cols, "negatives")),
+        )
+
+    def hparams(self) -> dict[str, object]:
+        return {"pos_margin": self.pos_margin, "neg_margin": self.neg_margin, **super().hparams()}
