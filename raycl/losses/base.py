@@ -133,7 +133,9 @@ class ContrastiveLoss(nn.Module, ABC):
             self.impl == "auto" and len(rows) * len(cols) > AUTO_TILE_ENTRIES
         )
         if tiled:
-            return reduce_rows_tiled(rows_z, cols_z, rows, cols, self.reductions(), self.block_size)
+            return reduce_rows_tiled(
+                rows_z, cols_z, rows, cols, self.reductions(), self.block_size, self.normalize
+            )
         return reduce_rows_materialised(rows_z, cols_z, rows, cols, self.reductions())
 
     def _prepare(self, z: Tensor) -> Tensor:

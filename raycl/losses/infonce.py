@@ -15,8 +15,6 @@ comparable across batch sizes. ``weight`` decouples the balance from the tempera
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from raycl.losses.aggregation import Aggregation, TermSum
 from raycl.losses.base import (
     ContrastiveLoss,
@@ -27,7 +25,7 @@ from raycl.losses.base import (
     log_mean_exp,
     positive_counts,
 )
-from raycl.losses.reductions import RowReduction, RowStat
+from raycl.losses.reductions import Affine, RowReduction, RowStat
 from raycl.losses.structure import PairStructure
 
 LSE_MODES = ("sum", "mean")
@@ -59,9 +57,10 @@ class InfoNCELoss(ContrastiveLoss):
         self.temperature = check_number("temperature", temperature, minimum=0.0, strict=True)
         self.lse = check_choice("lse", lse, LSE_MODES)
 
-    def scaled(self, s: Tensor) -> Tensor:
-        """s / τ."""
-        return s / self.temperature
+    @property
+    def scaled(self) -> Affine:
+        """s ↦ s/τ."""
+        return Affine(1.0 / self.temperature)
 
     def reductions(self) -> list[RowReduction]:
         return [

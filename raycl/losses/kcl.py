@@ -23,7 +23,7 @@ from torch import Tensor
 
 from raycl.losses.aggregation import Aggregation, TermSum
 from raycl.losses.base import ContrastiveLoss, Impl, check_choice, check_number, pair_term
-from raycl.losses.reductions import RowReduction, RowStat
+from raycl.losses.reductions import Affine, RowReduction, RowStat
 from raycl.losses.structure import PairStructure, column_counts
 
 Kernel = Callable[[Tensor, float], Tensor]
@@ -107,15 +107,20 @@ class KCLLoss(ContrastiveLoss):
         return self._alignment((2 - 2 * s).clamp_min(0), self.t)
 
     def reductions(self) -> list[RowReduction]:
-        return [
-            RowReduction("positives", "sum", self.alignment),
-            RowReduction("same_view", "sum", self.energy),
-        ]
+        if self.kernel == "gaussian":
+            # Σ_j exp(−t·d²_ij) = exp(LSE_j(2t·s_ij − 2t)): an Affine log-sum-exp, the engines'
+            # fastest path.
+            energy = RowReduction("same_view", "logsumexp", Affine(2 * self.t, -2 * self.t))
+        else:
+            energy = RowReduction("same_view", "sum", self.energy)
+        return [RowReduction("positives", "sum", self.alignment), energy]
 
     def term_sums(
         self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
     ) -> tuple[TermSum, TermSum]:
         alignment, energy = stats
+        if energy.nonzero is None:
+            energy = RowStat(energy.value.exp(), column_counts(rows, cols, "same_view"))
         return (
             pair_term(alignment, column_counts(rows, cols, "positives")),
             pair_term(energy, column_counts(rows, cols, "same_view")),

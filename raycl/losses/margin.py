@@ -11,11 +11,9 @@ neg_margin=0, each term averaged over its non-zero elements).
 
 from __future__ import annotations
 
-from torch import Tensor
-
 from raycl.losses.aggregation import AGGREGATIONS, Aggregation, TermSum
 from raycl.losses.base import ContrastiveLoss, Impl, check_number, pair_term
-from raycl.losses.reductions import RowReduction, RowStat
+from raycl.losses.reductions import Hinge, RowReduction, RowStat
 from raycl.losses.structure import PairStructure, column_counts
 
 
@@ -45,18 +43,10 @@ class MarginLoss(ContrastiveLoss):
         self.pos_margin = check_number("pos_margin", pos_margin)
         self.neg_margin = check_number("neg_margin", neg_margin)
 
-    def positive_hinge(self, s: Tensor) -> Tensor:
-        """[m_pos − s]_+."""
-        return (self.pos_margin - s).clamp_min(0)
-
-    def negative_hinge(self, s: Tensor) -> Tensor:
-        """[s − m_neg]_+."""
-        return (s - self.neg_margin).clamp_min(0)
-
     def reductions(self) -> list[RowReduction]:
         return [
-            RowReduction("positives", "sum", self.positive_hinge),
-            RowReduction("negatives", "sum", self.negative_hinge),
+            RowReduction("positives", "sum", Hinge(self.pos_margin, sign=-1.0)),
+            RowReduction("negatives", "sum", Hinge(self.neg_margin, sign=1.0)),
         ]
 
     def term_sums(

@@ -1,16 +1,27 @@
 """Exact blockwise evaluation of row reductions, never holding the similarity matrix.
 
 The forward pass walks ``(row block, column block)`` tiles of ``S = Z_rows · Z_colsᵀ`` and keeps
-only per-row running state: an online log-sum-exp (running max ``m`` and rescaled sum ``a``,
-``a ← a·e^{m−m'} + Σ_j e^{v_j−m'}``) or a running sum. The backward pass recomputes each tile
-and forms its gradient ``∂L/∂S_tile`` from the saved per-row results:
+only per-row state: a running sum, or an online log-sum-exp (running max ``m`` and rescaled
+sum ``a ← a·e^{m−m'} + Σ_j e^{v_j−m'}``). The backward pass recomputes each tile and forms
+``∂L/∂S_tile`` from the saved per-row results ``r_i`` and upstream gradients ``g_i``:
 
     logsumexp:  ∂L/∂s_ij = g_i · exp(f(s_ij) − r_i) · f'(s_ij)      sum:  ∂L/∂s_ij = g_i · f'(s_ij)
 
-(f' by autograd on the tile), then ``∂L/∂Z_rows += G·Z_cols`` and ``∂L/∂Z_cols += Gᵀ·Z_rows``.
-Memory is O(M·d + block²). When rows and columns are the same batch, S is symmetric and so
-are the column sets: only tiles on and above the diagonal are visited, each serving both its
-rows and (transposed) its columns, so forward + backward cost two M×M×d GEMMs instead of four.
+then ``∂L/∂Z_rows += G·Z_cols`` and ``∂L/∂Z_cols += Gᵀ·Z_rows``. Memory is O(M·d + block²).
+
+Fast paths, all exact:
+
+* rows and columns are the same batch → S and every column set are symmetric: only tiles on
+  and above the diagonal are visited, each serving its rows and (transposed) its columns, so
+  forward + backward cost two M×M×d GEMMs instead of four;
+* ``logsumexp`` of an :class:`Affine` map of unit-norm embeddings → a fixed shift
+  ``c = max f`` replaces the running max (no overflow, no underflow while the range of f is
+  ≤ 80), one ``exp`` per entry serves rows and columns, and f' is the constant ``a``;
+* ``sum`` of an :class:`Affine` map → a closed form in O(M·d) (:func:`affine_row_sums`);
+* positives that are few (self-supervised views) → an explicit pair list (:func:`reduce_pairs`);
+* ``sum`` of a map that knows its derivative (:class:`Hinge`) → no autograd on the tile.
+
+Other maps get f' from autograd on the tile.
 """
 
 from __future__ import annotations
@@ -20,10 +31,22 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raycl.losses.reductions import RowReduction, RowStat, accumulation
-from raycl.losses.structure import PairStructure
+from raycl.losses.reductions import (
+    Affine,
+    RowReduction,
+    RowStat,
+    accumulation,
+    affine_row_sums,
+    positive_pairs,
+    reduce_pairs,
+)
+from raycl.losses.structure import PairStructure, column_counts
 
 NEG_INF = float("-inf")
+# A fixed log-sum-exp shift is exact while exp(f − c) stays a normal fp32 number for every f.
+FIXED_SHIFT_MAX_RANGE = 80.0
+# Positives are reduced from an explicit pair list when there are at most this many per row.
+SPARSE_POSITIVES_PER_ROW = 64
 
 
 def default_block_size(device: torch.device) -> int:
@@ -38,20 +61,40 @@ def reduce_rows_tiled(
     cols: PairStructure,
     reductions: list[RowReduction],
     block_size: int | None = None,
+    unit_norm: bool = False,
 ) -> list[RowStat]:
-    """Blockwise twin of :func:`raycl.losses.reductions.reduce_rows_materialised`."""
+    """Blockwise twin of :func:`raycl.losses.reductions.reduce_rows_materialised`.
+
+    ``unit_norm`` promises that every embedding has norm 1 (enables the fixed-shift path).
+    """
     block = block_size or default_block_size(rows_z.device)
     if block < 1:
         raise ValueError(f"block_size must be >= 1, got {block}")
-    plan = _Plan(rows, cols, reductions, block, symmetric=cols_z is rows_z and cols is rows)
-    inputs = (rows_z,) if plan.symmetric else (rows_z, cols_z)
-    outputs = _TiledReductions.apply(plan, *inputs)
-    values, nonzeros = outputs[: len(reductions)], outputs[len(reductions) :]
-    nonzero = iter(nonzeros)
-    return [
-        RowStat(v, next(nonzero) if r.kind == "sum" else None)
-        for v, r in zip(values, reductions, strict=True)
-    ]
+    results: list[RowStat | None] = [None] * len(reductions)
+    pairs = None
+    on_tiles = []
+    for k, reduction in enumerate(reductions):
+        if reduction.kind == "sum" and isinstance(reduction.fn, Affine):
+            results[k] = affine_row_sums(rows_z, cols_z, rows, cols, reduction)
+        elif reduction.columns == "positives" and _few_positives(rows, cols):
+            pairs = positive_pairs(rows, cols) if pairs is None else pairs
+            results[k] = reduce_pairs(rows_z, cols_z, pairs, reduction)
+        else:
+            on_tiles.append(k)
+    if on_tiles:
+        symmetric = cols_z is rows_z and cols is rows
+        plan = _Plan(rows, cols, [reductions[k] for k in on_tiles], block, symmetric, unit_norm)
+        inputs = (rows_z,) if symmetric else (rows_z, cols_z)
+        outputs = _TiledReductions.apply(plan, *inputs)
+        nonzeros = iter(outputs[len(on_tiles) :])
+        for k, value in zip(on_tiles, outputs, strict=False):
+            results[k] = RowStat(value, next(nonzeros) if reductions[k].kind == "sum" else None)
+    return results  # type: ignore[return-value]
+
+
+def _few_positives(rows: PairStructure, cols: PairStructure) -> bool:
+    total = int(column_counts(rows, cols, "positives").sum())
+    return total <= SPARSE_POSITIVES_PER_ROW * len(rows)
 
 
 @dataclass
@@ -61,12 +104,19 @@ class _Plan:
     reductions: list[RowReduction]
     block: int
     symmetric: bool
+    unit_norm: bool
+
+    def fixed_shift(self, reduction: RowReduction) -> float | None:
+        """The constant log-sum-exp shift ``max f`` where it is exact, else ``None``."""
+        fn = reduction.fn
+        if reduction.kind != "logsumexp" or not isinstance(fn, Affine) or not self.unit_norm:
+            return None
+        return fn.upper_bound() if 2 * abs(fn.scale) <= FIXED_SHIFT_MAX_RANGE else None
 
     def tiles(self) -> list[tuple[int, int, int, int, bool]]:
         """``(row start, row stop, col start, col stop, mirrored)`` for every tile to visit."""
-        row_starts = range(0, len(self.rows), self.block)
         tiles = []
-        for r0 in row_starts:
+        for r0 in range(0, len(self.rows), self.block):
             c_first = r0 if self.symmetric else 0
             for c0 in range(c_first, len(self.cols), self.block):
                 r1, c1 = min(r0 + self.block, len(self.rows)), min(c0 + self.block, len(self.cols))
@@ -85,8 +135,9 @@ class _Plan:
             elif which == "negatives":
                 masks[which] = rows.ids[:, None] != cols.ids[None, :]
             else:
-                key = rows.ids if which == "positives" else rows.views
-                col_key = cols.ids if which == "positives" else cols.views
+                key, col_key = (
+                    (rows.ids, cols.ids) if which == "positives" else (rows.views, cols.views)
+                )
                 mask = key[:, None] == col_key[None, :]
                 masks[which] = mask if not_self is None else mask & not_self
         return masks
@@ -102,6 +153,14 @@ def _apply(reduction: RowReduction, sim: Tensor, mask: Tensor | None) -> Tensor:
         return reduction.fn(sim)
     values = reduction.fn(sim.where(mask, 0.0))
     return values.masked_fill(~mask, NEG_INF if reduction.kind == "logsumexp" else 0.0)
+
+
+def _shifted_exp(reduction: RowReduction, sim: Tensor, mask: Tensor | None, shift: float) -> Tensor:
+    """exp(f(s) − c) on a tile for an Affine f, 0 outside the column set."""
+    fn = reduction.fn
+    assert isinstance(fn, Affine)
+    out = sim.mul(fn.scale).add_(fn.shift - shift).exp_()
+    return out if mask is None else out.masked_fill_(~mask, 0.0)
 
 
 class _OnlineLogSumExp:
@@ -124,89 +183,138 @@ class _OnlineLogSumExp:
         return self.max + self.sum.log()
 
 
+def _add_reduced(target: Tensor, values: Tensor, r0: int, c0: int, mirrored: bool) -> None:
+    """Row sums of a tile into ``target[rows]`` (and column sums into ``target[cols]``)."""
+    target[r0 : r0 + values.shape[0]] += values.sum(1)
+    if mirrored:
+        target[c0 : c0 + values.shape[1]] += values.sum(0)
+
+
 class _TiledReductions(torch.autograd.Function):
     @staticmethod
     def forward(ctx, plan: _Plan, rows_z: Tensor, cols_z: Tensor | None = None):
         cols_z = rows_z if cols_z is None else cols_z
         acc_dtype = torch.promote_types(rows_z.dtype, torch.float32)
-        like = torch.zeros(len(plan.rows), dtype=acc_dtype, device=rows_z.device)
-        states: list[_OnlineLogSumExp | tuple[Tensor, Tensor]] = [
-            _OnlineLogSumExp(like) if r.kind == "logsumexp" else (like.clone(), like.clone())
-            for r in plan.reductions
+        zeros = torch.zeros(len(plan.rows), dtype=acc_dtype, device=rows_z.device)
+        shifts = [plan.fixed_shift(r) for r in plan.reductions]
+        online = [
+            _OnlineLogSumExp(zeros) if r.kind == "logsumexp" and c is None else None
+            for r, c in zip(plan.reductions, shifts, strict=True)
         ]
+        sums = [zeros.clone() for _ in plan.reductions]
+        nonzeros = [zeros.clone() for r in plan.reductions if r.kind == "sum"]
         for r0, r1, c0, c1, mirrored in plan.tiles():
             sim = accumulation(rows_z[r0:r1] @ cols_z[c0:c1].T)
             masks = plan.masks(r0, r1, c0, c1)
-            for reduction, state in zip(plan.reductions, states, strict=True):
-                values = _apply(reduction, sim, masks[reduction.columns])
-                if isinstance(state, _OnlineLogSumExp):
-                    state.update(r0, values, dim=1)
-                    if mirrored:
-                        state.update(c0, values, dim=0)
+            nonzero = iter(nonzeros)
+            for k, reduction in enumerate(plan.reductions):
+                mask = masks[reduction.columns]
+                if shifts[k] is not None:
+                    _add_reduced(
+                        sums[k], _shifted_exp(reduction, sim, mask, shifts[k]), r0, c0, mirrored
+                    )
                     continue
-                total, nonzero = state
-                total[r0:r1] += values.sum(1)
-                nonzero[r0:r1] += (values != 0).sum(1)
-                if mirrored:
-                    total[c0:c1] += values.sum(0)
-                    nonzero[c0:c1] += (values != 0).sum(0)
-        results = [s.result() if isinstance(s, _OnlineLogSumExp) else s[0] for s in states]
-        nonzeros = [s[1].long() for s in states if not isinstance(s, _OnlineLogSumExp)]
-        ctx.plan = plan
+                values = _apply(reduction, sim, mask)
+                if online[k] is not None:
+                    online[k].update(r0, values, dim=1)
+                    if mirrored:
+                        online[k].update(c0, values, dim=0)
+                    continue
+                _add_reduced(sums[k], values, r0, c0, mirrored)
+                _add_reduced(next(nonzero), (values != 0).to(acc_dtype), r0, c0, mirrored)
+        results = [
+            lse.result() if lse is not None else (s.log() + c if c is not None else s)
+            for lse, s, c in zip(online, sums, shifts, strict=True)
+        ]
+        counts = [n.long() for n in nonzeros]
+        ctx.plan, ctx.shifts = plan, shifts
         ctx.save_for_backward(rows_z, cols_z, *results)
-        ctx.mark_non_differentiable(*nonzeros)
-        return (*results, *nonzeros)
+        ctx.mark_non_differentiable(*counts)
+        return (*results, *counts)
 
     @staticmethod
     def backward(ctx, *grads: Tensor):
         plan: _Plan = ctx.plan
+        shifts: list[float | None] = ctx.shifts
         rows_z, cols_z, *results = ctx.saved_tensors
         grads = grads[: len(plan.reductions)]
-        acc_dtype = torch.promote_types(rows_z.dtype, torch.float32)
+        acc_dtype = results[0].dtype
         grad_rows = torch.zeros(rows_z.shape, dtype=acc_dtype, device=rows_z.device)
         grad_cols = grad_rows if plan.symmetric else grad_rows.new_zeros(cols_z.shape)
+        # Per-row weights of the fixed-shift path: ∂L/∂s_ij = exp(f − c) · a·g_i·e^{c − r_i}.
+        row_weights = [
+            None
+            if c is None
+            else (r.fn.scale * g * torch.exp(c - res)).masked_fill(res == NEG_INF, 0.0)
+            for r, g, res, c in zip(plan.reductions, grads, results, shifts, strict=True)
+        ]
         # Entries of empty log-sum-exp rows are all -inf; a 0 shift keeps exp() at exactly 0.
-        shifts = [r.masked_fill(r == NEG_INF, 0.0) for r in results]
+        row_shifts = [res.masked_fill(res == NEG_INF, 0.0) for res in results]
+        # Sums of maps that know their derivative (hinges) skip autograd; the rest use it.
+        explicit = [
+            k
+            for k, r in enumerate(plan.reductions)
+            if r.kind == "sum" and hasattr(r.fn, "derivative")
+        ]
+        generic = [k for k, c in enumerate(shifts) if c is None and k not in explicit]
         for r0, r1, c0, c1, mirrored in plan.tiles():
             z_r, z_c = rows_z[r0:r1], cols_z[c0:c1]
             masks = plan.masks(r0, r1, c0, c1)
-            with torch.enable_grad():
-                sim = accumulation(z_r @ z_c.T).detach().requires_grad_(True)
-                surrogate = sim.new_zeros(())
-                for reduction, grad, shift in zip(plan.reductions, grads, shifts, strict=True):
-                    values = _apply(reduction, sim, masks[reduction.columns])
-                    surrogate = surrogate + _surrogate(
-                        reduction, values, grad, shift, r0, c0, mirrored
+            sim = accumulation(z_r @ z_c.T)
+            grad_sim = torch.zeros_like(sim)
+            for k, weights in enumerate(row_weights):
+                if weights is not None:
+                    reduction = plan.reductions[k]
+                    tile = _shifted_exp(reduction, sim, masks[reduction.columns], shifts[k])
+                    coefficient = weights[r0:r1, None]
+                    if mirrored:
+                        coefficient = coefficient + weights[None, c0:c1]
+                    grad_sim += tile.mul_(coefficient)
+            for k in explicit:
+                reduction = plan.reductions[k]
+                mask = masks[reduction.columns]
+                slope = reduction.fn.derivative(sim)
+                weights = grads[k][r0:r1, None]
+                if mirrored:
+                    weights = weights + grads[k][None, c0:c1]
+                grad_sim += (slope if mask is None else slope.masked_fill_(~mask, 0.0)).mul_(
+                    weights
+                )
+            if generic:
+                with torch.enable_grad():
+                    leaf = sim.detach().requires_grad_(True)
+                    surrogate = sum(
+                        _surrogate(plan, k, leaf, masks, grads[k], row_shifts[k], r0, c0, mirrored)
+                        for k in generic
                     )
-                (grad_sim,) = torch.autograd.grad(surrogate, sim)
+                    grad_sim += torch.autograd.grad(surrogate, leaf)[0]
             grad_sim = grad_sim.to(rows_z.dtype)
             grad_rows[r0:r1] += grad_sim @ z_c
             grad_cols[c0:c1] += grad_sim.T @ z_r
-        grad_rows = grad_rows.to(rows_z.dtype)
         if plan.symmetric:
-            return None, grad_rows
-        return None, grad_rows, grad_cols.to(cols_z.dtype)
+            return None, grad_rows.to(rows_z.dtype)
+        return None, grad_rows.to(rows_z.dtype), grad_cols.to(cols_z.dtype)
 
 
 def _surrogate(
-    reduction: RowReduction,
-    values: Tensor,
+    plan: _Plan,
+    k: int,
+    sim: Tensor,
+    masks: dict[str, Tensor | None],
     grad: Tensor,
-    shift: Tensor,
+    row_shift: Tensor,
     r0: int,
     c0: int,
     mirrored: bool,
 ) -> Tensor:
-    """A scalar whose gradient w.r.t. the tile is this reduction's share of ∂L/∂S_tile."""
+    """A scalar whose gradient w.r.t. the tile is reduction k's share of ∂L/∂S_tile."""
+    reduction = plan.reductions[k]
+    values = _apply(reduction, sim, masks[reduction.columns])
     n_r, n_c = values.shape
-    g_rows = grad[r0 : r0 + n_r, None]
-    if reduction.kind == "logsumexp":
-        total = (g_rows * torch.exp(values - shift[r0 : r0 + n_r, None])).sum()
-        if mirrored:
-            total = (
-                total
-                + (grad[None, c0 : c0 + n_c] * torch.exp(values - shift[None, c0 : c0 + n_c])).sum()
-            )
-        return total
-    weights = g_rows + grad[None, c0 : c0 + n_c] if mirrored else g_rows
-    return (weights * values).sum()
+    g_rows, g_cols = grad[r0 : r0 + n_r, None], grad[None, c0 : c0 + n_c]
+    if reduction.kind == "sum":
+        return ((g_rows + g_cols if mirrored else g_rows) * values).sum()
+    total = (g_rows * torch.exp(values - row_shift[r0 : r0 + n_r, None])).sum()
+    if mirrored:
+        total = total + (g_cols * torch.exp(values - row_shift[None, c0 : c0 + n_c])).sum()
+    return total

@@ -1,0 +1,182 @@
+"""``raycl bench loss``: tiled vs materialised losses, and tiled vs the GEMM limit.
+
+For every loss family and batch size M (d-dimensional embeddings, forward + backward) it
+measures, each size in its own fresh process so peak memory is per size:
+
+* the materialised engine (the baseline; skipped where the M×M matrices would not fit),
+* the tiled engine,
+* the time of the three M×M×d GEMMs that any exact forward + backward must do
+  (S = Z·Zᵀ, G·Z, Gᵀ·Z; computed blockwise so they fit in memory),
+
+and prints speed ratios against the baseline and the GEMM time measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import date
+
+import torch
+
+from raycl.bench.measure import best_time, peak_memory
+from raycl.losses import LOSSES, build_loss
+
+FAMILIES = ("infonce", "supcon", "tcl", "dhel", "kcl", "margin")
+# The materialised engine holds about this many float32 M×M matrices at its peak.
+MATERIALISED_MATRICES = 6
+
+
+def _views(size: int, dim: int, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    x = torch.randn(2, size // 2, dim, generator=g).to(device=device, dtype=dtype)
+    return x.requires_grad_(True)
+
+
+def _labels(size: int, device: torch.device) -> torch.Tensor | None:
+    return (torch.arange(size // 2, device=device) % 100).long()
+
+
+def measure_loss(family: str, impl: str, size: int, dim: int, device: str, dtype: str) -> dict:
+    """Time and peak memory of one forward + backward (run inside a fresh process)."""
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    loss = build_loss(family, impl=impl)
+    labels = _labels(size, dev) if family in ("supcon",) else None
+    x = _views(size, dim, dev, dt)
+
+    def step() -> None:
+        x.grad = None
+        loss(x, labels).total.backward()
+
+    step()  # warm-up (allocator, kernels)
+    return {"seconds": best_time(step, dev), "peak_bytes": peak_memory(step, dev)}
+
+
+def measure_gemms(size: int, dim: int, device: str, dtype: str, block: int = 4096) -> float:
+    """Seconds for the three M×M×d GEMMs of an exact forward + backward, done blockwise."""
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    z = torch.randn(size, dim, device=dev, dtype=dt)
+
+    def gemms() -> None:
+        for start in range(0, size, block):
+            rows = z[start : start + block]
+            sim = rows @ z.T
+            _ = sim @ z
+            _ = sim.T @ rows
+
+    gemms()
+    return best_time(gemms, dev)
+
+
+def _in_fresh_process(kind: str, **kwargs: object) -> dict:
+    cmd = [sys.executable, "-m", "raycl.bench.loss", "--_worker", kind, json.dumps(kwargs)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _fits(size: int, device: str) -> bool:
+    needed = MATERIALISED_MATRICES * 4 * size * size
+    if device.startswith("cuda"):
+        return needed < torch.cuda.get_device_properties(0).total_memory
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return needed < 0.8 * available
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """Measure every (family, size) and return one row per pair."""
+    from rich.progress import track
+
+    rows = []
+    common = {"dim": args.dim, "device": args.device, "dtype": args.dtype}
+    gemm = {}
+    jobs = [(f, m) for f in args.families for m in args.sizes]
+    for family, size in track(jobs, description="bench loss"):
+        if size not in gemm:
+            gemm[size] = _in_fresh_process("gemm", size=size, **common)["seconds"]
+        tiled = _in_fresh_process("loss", family=family, impl="tiled", size=size, **common)
+        base = (
+            _in_fresh_process("loss", family=family, impl="materialised", size=size, **common)
+            if size <= args.max_baseline and _fits(size, args.device)
+            else {"error": "skipped: would not fit"}
+        )
+        rows.append(
+            {"family": family, "M": size, "gemm3": gemm[size], "tiled": tiled, "base": base}
+        )
+    return rows
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f}"
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    """The results as a markdown table (one section per family)."""
+    lines = [
+        f"Date {date.today()}; machine: {platform.processor() or platform.machine()}, "
+        f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; device {args.device}; "
+        f"dtype {args.dtype}; d = {args.dim}; forward + backward; peak memory above the "
+        "process baseline, measured per size in a fresh process.",
+        "",
+    ]
+    for family in args.families:
+        lines += [
+            f"### {family}",
+            "",
+            "| M | materialised s | tiled s | speed-up | materialised peak GB | tiled peak GB "
+            "| 3 GEMMs s | tiled / 3 GEMMs |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in (r for r in rows if r["family"] == family):
+            tiled, base = row["tiled"], row["base"]
+            if "error" in tiled:
+                lines.append(f"| {row['M']} | | error: {tiled['error']} | | | | | |")
+                continue
+            base_s = f"{base['seconds']:.2f}" if "seconds" in base else base["error"]
+            speedup = f"{base['seconds'] / tiled['seconds']:.2f}×" if "seconds" in base else ""
+            base_mem = _gb(base["peak_bytes"]) if "peak_bytes" in base else ""
+            lines.append(
+                f"| {row['M']:,} | {base_s} | {tiled['seconds']:.2f} | {speedup} | {base_mem} "
+                f"| {_gb(tiled['peak_bytes'])} | {row['gemm3']:.2f} "
+                f"| {tiled['seconds'] / row['gemm3']:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench loss``."""
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=sorted(LOSSES))
+    parser.add_argument("--sizes", nargs="+", type=int, default=[4096, 8192, 16384, 32768])
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    parser.add_argument(
+        "--max-baseline", type=int, default=32768, help="largest M to run materialised"
+    )
+    parser.add_argument("--output", help="also write the markdown table to this file")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run the benchmark, print the table, optionally save it."""
+    text = table(run(args), args)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write("# raycl bench loss\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--_worker":
+        params = json.loads(sys.argv[3])
+        result = (
+            {"seconds": measure_gemms(**params)}
+            if sys.argv[2] == "gemm"
+            else measure_loss(**params)
+        )
+        print(json.dumps(result))
