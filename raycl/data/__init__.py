@@ -1,0 +1,251 @@
+"""Data sets for contrastive training and evaluation, and the :func:`build_datasets` registry.
+
+A contrastive training item is ``(views, label)`` with ``views`` a float tensor
+``(V, C, H, W)`` of ``V`` augmented views of one image; an evaluation item is
+``(image, label)`` with ``image`` ``(C, H, W)`` from a deterministic transform.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch.utils.data import Dataset
+from torchvision.datasets import CIFAR10, CIFAR100, STL10, VisionDataset
+
+from raycl.data.digits import DigitsDataset
+from raycl.data.parquet import ParquetImageDataset, read_ray_dataset, write_parquet_dataset
+from raycl.data.transforms import (
+    MultiViewTransform,
+    digits_transform,
+    eval_transform,
+    simclr_transform,
+)
+from raycl.data.vision import ClassSplitImageFolder, image_folder, open_torchvision
+
+__all__ = [
+    "DATASETS",
+    "ClassSplitImageFolder",
+    "DatasetBundle",
+    "DigitsDataset",
+    "MultiViewTransform",
+    "ParquetImageDataset",
+    "build_datasets",
+    "digits_transform",
+    "eval_transform",
+    "image_folder",
+    "open_torchvision",
+    "read_ray_dataset",
+    "simclr_transform",
+    "write_parquet_dataset",
+]
+
+
+class DatasetBundle(NamedTuple):
+    """What :func:`build_datasets` returns (unpacks as a 5-tuple)."""
+
+    train_contrastive: Dataset  # train split, items (views (V, C, H, W), label)
+    train_eval: Dataset  # train split, items (image (C, H, W), label)
+    test_eval: Dataset  # test split, items (image (C, H, W), label)
+    num_classes: int
+    in_channels: int
+
+
+@dataclass(frozen=True)
+class _Request:
+    name: str
+    root: Path | None
+    num_views: int
+    download: bool
+    image_size: int | None
+    num_train_classes: int | None
+
+    def require_root(self) -> Path:
+        if self.root is None:
+            raise ValueError(f"data.root is required for data set {self.name!r}")
+        return self.root
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    """Augmentation settings of one data set family."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    strength: float = 1.0  # SimCLR colour-jitter strength (0.5 on CIFAR)
+    blur_p: float = 0.5  # SimCLR blur probability (none on CIFAR)
+    crop_fraction: float = 0.875  # evaluation centre-crop fraction (1 for small images)
+
+    def transforms(self, image_size: int | None) -> tuple[Callable, Callable]:
+        """(contrastive augmentation, evaluation transform) at ``image_size`` or the default."""
+        size = image_size or self.size
+        stats = {"mean": self.mean, "std": self.std}
+        return (
+            simclr_transform(size, strength=self.strength, blur_p=self.blur_p, **stats),
+            eval_transform(size, crop_fraction=self.crop_fraction, **stats),
+        )
+
+
+_IMAGENET = _Recipe(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+_STL10 = _Recipe(96, _IMAGENET.mean, _IMAGENET.std, crop_fraction=1.0)
+_CIFAR10 = _Recipe(
+    size=32,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    strength=0.5,
+    blur_p=0.0,
+    crop_fraction=1.0,
+)
+_CIFAR100 = replace(_CIFAR10, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762))
+
+# open_split(split, transform) opens one of three splits: "contrastive" (training data with
+# multi-view augmentation), "train" and "test" (evaluation transform). For every source but
+# STL-10 (which adds its unlabeled images) "contrastive" reads the same files as "train".
+_OpenSplit = Callable[[str, Callable], Dataset]
+_SOURCE_SPLIT = {"contrastive": "train", "train": "train", "test": "test"}
+
+
+def _assemble(
+    request: _Request,
+    open_split: _OpenSplit,
+    train_transform: Callable,
+    test_transform: Callable,
+) -> tuple[Dataset, Dataset, Dataset]:
+    views = MultiViewTransform(train_transform, request.num_views)
+    return (
+        open_split("contrastive", views),
+        open_split("train", test_transform),
+        open_split("test", test_transform),
+    )
+
+
+def _digits(request: _Request) -> DatasetBundle:
+    datasets = _assemble(
+        request,
+        lambda split, transform: DigitsDataset(_SOURCE_SPLIT[split], transform),
+        digits_transform(),
+        eval_transform(),
+    )
+    return DatasetBundle(*datasets, num_classes=10, in_channels=1)
+
+
+def _torchvision(
+    cls: type[VisionDataset],
+    split_kwargs: dict[str, dict[str, Any]],
+    recipe: _Recipe,
+    num_classes: int,
+    request: _Request,
+) -> DatasetBundle:
+    root = request.require_root()
+
+    def open_split(split: str, transform: Callable) -> Dataset:
+        return open_torchvision(
+            cls, root, download=request.download, transform=transform, **split_kwargs[split]
+        )
+
+    datasets = _assemble(request, open_split, *recipe.transforms(request.image_size))
+    return DatasetBundle(*datasets, num_classes=num_classes, in_channels=3)
+
+
+def _split_dirs(root: Path) -> dict[str, Path]:
+    """``root/train`` and the first of ``root/test``, ``root/val`` that exists, by split."""
+    test = next((root / d for d in ("test", "val") if (root / d).is_dir()), root / "test")
+    return {"train": root / "train", "test": test}
+
+
+def _imagefolder(request: _Request) -> DatasetBundle:
+    folder = _split_dirs(request.require_root())
+    datasets = _assemble(
+        request,
+        lambda split, transform: image_folder(folder[_SOURCE_SPLIT[split]], transform),
+        *_IMAGENET.transforms(request.image_size),
+    )
+    return DatasetBundle(*datasets, num_classes=len(datasets[1].classes), in_channels=3)
+
+
+def _class_split(default_train_classes: int, request: _Request) -> DatasetBundle:
+    """Class-disjoint split; ``num_classes`` counts the test classes (as NMI / recall use)."""
+    root = request.require_root()
+    num_train = request.num_train_classes or default_train_classes
+    datasets = _assemble(
+        request,
+        lambda split, transform: ClassSplitImageFolder(
+            root, _SOURCE_SPLIT[split], num_train, transform
+        ),
+        *_IMAGENET.transforms(request.image_size),
+    )
+    return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=3)
+
+
+def _parquet(request: _Request) -> DatasetBundle:
+    folder = _split_dirs(request.require_root())
+    datasets = _assemble(
+        request,
+        lambda split, transform: ParquetImageDataset(folder[_SOURCE_SPLIT[split]], transform),
+        *_IMAGENET.transforms(request.image_size),
+    )
+    num_classes = 1 + max(max(datasets[1].targets), max(datasets[2].targets))
+    return DatasetBundle(*datasets, num_classes=num_classes, in_channels=3)
+
+
+_CIFAR_SPLITS = {"contrastive": {"train": True}, "train": {"train": True}, "test": {"train": False}}
+_STL10_SPLITS = {
+    "contrastive": {"split": "train+unlabeled"},
+    "train": {"split": "train"},
+    "test": {"split": "test"},
+}
+
+DATASETS: dict[str, Callable[[_Request], DatasetBundle]] = {
+    "digits": _digits,
+    "cifar10": partial(_torchvision, CIFAR10, _CIFAR_SPLITS, _CIFAR10, 10),
+    "cifar100": partial(_torchvision, CIFAR100, _CIFAR_SPLITS, _CIFAR100, 100),
+    "stl10": partial(_torchvision, STL10, _STL10_SPLITS, _STL10, 10),
+    "imagefolder": _imagefolder,
+    "cub200": partial(_class_split, 100),
+    "cars196": partial(_class_split, 98),
+    "sop": partial(_class_split, 11318),
+    "parquet": _parquet,
+}
+
+
+def build_datasets(
+    name: str,
+    root: str | Path | None = None,
+    num_views: int = 2,
+    *,
+    download: bool = False,
+    image_size: int | None = None,
+    num_train_classes: int | None = None,
+) -> DatasetBundle:
+    """Build ``(train_contrastive, train_eval, test_eval, num_classes, in_channels)``.
+
+    ``name`` is one of :data:`DATASETS`:
+
+    * ``digits``: scikit-learn digits, embedded, 1x8x8 (``root`` unused).
+    * ``cifar10``, ``cifar100``: torchvision's python pickles under ``root``, 32x32.
+    * ``stl10``: torchvision's binaries under ``root``; contrastive training on
+      train+unlabeled (label -1 for unlabeled images), evaluation on train/test; 96x96.
+    * ``imagefolder``: ``root/train`` and ``root/test`` (or ``root/val``) ImageFolder trees.
+    * ``cub200``, ``cars196``, ``sop``: one ImageFolder tree at ``root`` split by class
+      (first 100 / 98 / 11318 sorted classes train, the rest test; ``num_train_classes``
+      overrides); ``num_classes`` is the number of test classes.
+    * ``parquet``: ``root/train`` and ``root/test`` folders of Parquet files (RGB).
+
+    ``image_size`` overrides the crop size of the photo data sets (224 for folders/Parquet);
+    ``download`` is passed to torchvision's downloaders.
+    """
+    if name not in DATASETS:
+        raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
+    request = _Request(
+        name=name,
+        root=None if root is None else Path(root),
+        num_views=num_views,
+        download=download,
+        image_size=image_size,
+        num_train_classes=num_train_classes,
+    )
+    return DATASETS[name](request)

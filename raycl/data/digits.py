@@ -1,0 +1,56 @@
+"""The embedded default data set: scikit-learn's handwritten digits (no download needed).
+
+1797 grayscale 8x8 images of the digits 0-9 with pixel values 0..16, shipped inside
+scikit-learn. Images stay at their native 8x8 resolution (no upsampling) and are stored as
+float tensors ``(1, 8, 8)`` scaled to [0, 1]. The train/test split is fixed: a stratified
+1437/360 split from ``train_test_split(test_size=0.2, random_state=0)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from sklearn.model_selection import train_test_split
+from torch.utils.data import Dataset
+
+__all__ = ["DigitsDataset"]
+
+_SPLITS = ("train", "test")
+
+
+@cache
+def _load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Images ``(N, 8, 8)`` in 0..16 and labels ``(N,)`` of one split (loaded once)."""
+    digits = load_digits()
+    x_train, x_test, y_train, y_test = train_test_split(
+        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    return (x_train, y_train) if split == "train" else (x_test, y_test)
+
+
+class DigitsDataset(Dataset):
+    """One split of the digits; items are ``(transform(image), label)``, image ``(1, 8, 8)``."""
+
+    def __init__(self, split: str = "train", transform: Callable[[Any], Any] | None = None):
+        if split not in _SPLITS:
+            raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
+        images, labels = _load_split(split)
+        self.split = split
+        self.transform = transform
+        self.data = torch.from_numpy(images / 16.0).float().unsqueeze(1)
+        self.targets: list[int] = labels.tolist()
+        self.classes = [str(d) for d in range(10)]
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        image = self.data[index]
+        if self.transform is not None:
+            image = self.transform(image)
+        return image, self.targets[index]

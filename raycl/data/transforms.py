@@ -1,0 +1,122 @@
+"""Augmentation recipes built from ``torchvision.transforms.v2``.
+
+Every recipe accepts a PIL image or an image tensor ``(C, H, W)`` (uint8 or float in [0, 1])
+and returns a plain float32 tensor ``(C, H, W)``. :class:`MultiViewTransform` turns a recipe
+into the contrastive input: ``V`` independently augmented views stacked as ``(V, C, H, W)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torchvision.transforms import v2
+
+__all__ = ["MultiViewTransform", "digits_transform", "eval_transform", "simclr_transform"]
+
+
+class MultiViewTransform:
+    """Apply ``transform`` ``num_views`` times to one image and stack the views as (V, C, H, W)."""
+
+    def __init__(self, transform: Callable[[Any], torch.Tensor], num_views: int = 2) -> None:
+        if num_views < 1:
+            raise ValueError(f"num_views must be >= 1, got {num_views}")
+        self.transform = transform
+        self.num_views = num_views
+
+    def __call__(self, image: Any) -> torch.Tensor:
+        return torch.stack([self.transform(image) for _ in range(self.num_views)])
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(num_views={self.num_views}, transform={self.transform})"
+
+
+def _finish(
+    steps: list[v2.Transform],
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> v2.Compose:
+    """Wrap ``steps`` (run on an image tv_tensor) into PIL/tensor in, float tensor out."""
+    if (mean is None) != (std is None):
+        raise ValueError("mean and std must be given together")
+    tail: list[v2.Transform] = [v2.ToDtype(torch.float32, scale=True)]
+    if mean is not None:
+        tail.append(v2.Normalize(mean=list(mean), std=list(std)))
+    return v2.Compose([v2.ToImage(), *steps, *tail, v2.ToPureTensor()])
+
+
+def simclr_transform(
+    size: int,
+    *,
+    strength: float = 1.0,
+    min_scale: float = 0.08,
+    jitter_p: float = 0.8,
+    grayscale_p: float = 0.2,
+    blur_p: float = 0.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> v2.Compose:
+    """SimCLR augmentation (Chen et al. 2020, appendix A) for RGB images.
+
+    Random resized crop to ``size`` (area fraction in ``[min_scale, 1]``), horizontal flip,
+    colour jitter of ``strength`` s (brightness/contrast/saturation 0.8 s, hue 0.2 s) with
+    probability ``jitter_p``, grayscale with probability ``grayscale_p`` and, with probability
+    ``blur_p``, a Gaussian blur with a kernel of 10 % of ``size`` (SimCLR uses 0.5 on ImageNet and
+    none on CIFAR). ``mean``/``std`` add a final normalisation.
+    """
+    steps: list[v2.Transform] = [
+        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RandomApply(
+            [v2.ColorJitter(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)],
+            p=jitter_p,
+        ),
+        v2.RandomGrayscale(p=grayscale_p),
+    ]
+    if blur_p > 0:
+        kernel = 2 * (size // 20) + 1
+        steps.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
+    return _finish(steps, mean, std)
+
+
+def digits_transform(
+    size: int = 8,
+    *,
+    min_scale: float = 0.5,
+    degrees: float = 15.0,
+    translate: float = 0.1,
+) -> v2.Compose:
+    """Augmentation for the 1-channel 8x8 digits: small affine warp and resized crop only.
+
+    No flips (they change a digit's identity) and no colour operations (one channel).
+    """
+    return _finish(
+        [
+            v2.RandomAffine(
+                degrees=degrees,
+                translate=(translate, translate),
+                interpolation=v2.InterpolationMode.BILINEAR,
+            ),
+            v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.8, 1.25), antialias=True),
+        ]
+    )
+
+
+def eval_transform(
+    size: int | None = None,
+    *,
+    crop_fraction: float = 1.0,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> v2.Compose:
+    """Deterministic evaluation transform.
+
+    With ``size`` the shorter side is resized to ``size / crop_fraction`` and the centre
+    ``size`` x ``size`` crop is kept (ImageNet style: ``crop_fraction=0.875``); without it the
+    image keeps its resolution. ``mean``/``std`` add a final normalisation.
+    """
+    steps: list[v2.Transform] = []
+    if size is not None:
+        steps = [v2.Resize(round(size / crop_fraction), antialias=True), v2.CenterCrop(size)]
+    return _finish(steps, mean, std)

@@ -1,0 +1,160 @@
+"""Encoders, projection heads and the two-output contrastive model.
+
+Every encoder maps images ``(N, C, H, W)`` to features ``(N, out_dim)`` and exposes
+``out_dim``. :class:`ContrastiveModel` adds a projection head; the loss sees the head's
+(unnormalised) embeddings, evaluation uses the encoder's features.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torchvision import models
+
+__all__ = [
+    "MODELS",
+    "ContrastiveModel",
+    "ProjectionHead",
+    "SmallCNN",
+    "build_model",
+    "resnet",
+]
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> list[nn.Module]:
+    return [
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class SmallCNN(nn.Module):
+    """Three conv-BN-ReLU blocks (``width``, 2x, 4x channels; strides 1, 2, 2) + global pool.
+
+    Sized for the 8x8 digits (8 -> 4 -> 2 pixels) but accepts any image size.
+    """
+
+    def __init__(self, in_channels: int = 1, width: int = 32) -> None:
+        super().__init__()
+        self.out_dim = 4 * width
+        self.net = nn.Sequential(
+            *_conv_bn_relu(in_channels, width, stride=1),
+            *_conv_bn_relu(width, 2 * width, stride=2),
+            *_conv_bn_relu(2 * width, self.out_dim, stride=2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+_RESNETS = {"resnet18": models.resnet18, "resnet50": models.resnet50}
+
+
+def resnet(name: str = "resnet18", cifar_stem: bool = False, in_channels: int = 3) -> nn.Module:
+    """A randomly initialised torchvision ResNet with ``fc`` replaced by ``Identity``.
+
+    ``cifar_stem`` swaps the 7x7 stride-2 stem convolution and the max-pool for a 3x3
+    stride-1 convolution (SimCLR on 32x32 images). The returned module has ``out_dim``
+    (512 for resnet18, 2048 for resnet50).
+    """
+    if name not in _RESNETS:
+        raise ValueError(f"resnet name must be one of {list(_RESNETS)}, got {name!r}")
+    net = _RESNETS[name](weights=None)
+    if cifar_stem:
+        net.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        net.maxpool = nn.Identity()
+    elif in_channels != 3:
+        net.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+    net.out_dim = net.fc.in_features
+    net.fc = nn.Identity()
+    return net
+
+
+class ProjectionHead(nn.Sequential):
+    """MLP ``in_dim -> hidden_dim (x num_layers-1) -> out_dim`` with BN + ReLU between layers.
+
+    ``num_layers=1`` is a single linear map (SimCLR's "linear" head); 2 is SimCLR v1's head,
+    3 SimCLR v2's.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden_dim: int,
+        out_dim: int,
+        num_layers: int = 2,
+        batch_norm: bool = True,
+    ) -> None:
+        if num_layers < 1:
+            raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        layers: list[nn.Module] = []
+        dim = in_dim
+        for _ in range(num_layers - 1):
+            layers.append(nn.Linear(dim, hidden_dim, bias=not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(hidden_dim))
+            layers.append(nn.ReLU(inplace=True))
+            dim = hidden_dim
+        layers.append(nn.Linear(dim, out_dim))
+        super().__init__(*layers)
+        self.out_dim = out_dim
+
+
+class ContrastiveModel(nn.Module):
+    """Encoder + projection head; ``forward`` returns ``(features, embeddings)``.
+
+    Input ``(N, C, H, W)`` gives ``(N, F)`` features and ``(N, D)`` embeddings; multi-view
+    input ``(B, V, C, H, W)`` is encoded as one batch of ``B * V`` images and comes back as
+    ``(B, V, F)`` and ``(B, V, D)``. Embeddings are not normalised (the loss does that).
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = head
+        self.out_dim: int = encoder.out_dim
+        self.embed_dim: int = head.out_dim
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        lead = x.shape[:-3]
+        features = self.encoder(x.flatten(0, -4))
+        embeddings = self.head(features)
+        return features.unflatten(0, lead), embeddings.unflatten(0, lead)
+
+
+MODELS = ("small_cnn", *_RESNETS)
+
+
+def build_model(
+    name: str,
+    in_channels: int,
+    *,
+    width: int = 32,
+    cifar_stem: bool = False,
+    proj_hidden_dim: int | None = None,
+    proj_dim: int = 128,
+    proj_layers: int = 2,
+    proj_batch_norm: bool = True,
+) -> ContrastiveModel:
+    """Build encoder ``name`` (one of :data:`MODELS`) plus its projection head.
+
+    ``width`` applies to ``small_cnn``, ``cifar_stem`` to the ResNets. The head's hidden
+    width defaults to the encoder's ``out_dim``.
+    """
+    if name not in MODELS:
+        raise ValueError(f"model.name must be one of {list(MODELS)}, got {name!r}")
+    if name == "small_cnn":
+        encoder: nn.Module = SmallCNN(in_channels, width)
+    else:
+        encoder = resnet(name, cifar_stem=cifar_stem, in_channels=in_channels)
+    head = ProjectionHead(
+        encoder.out_dim,
+        proj_hidden_dim or encoder.out_dim,
+        proj_dim,
+        num_layers=proj_layers,
+        batch_norm=proj_batch_norm,
+    )
+    return ContrastiveModel(encoder, head)

@@ -1,0 +1,36 @@
+"""What the user sees at the end of a run: rich tables of results."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from raycl.train import TrainOutcome
+
+SUMMARY_METRICS = (
+    ("knn_top1", "kNN top-1 (%)"),
+    ("linear_probe", "linear probe (%)"),
+    ("effective_rank", "effective rank"),
+    ("uniformity", "uniformity"),
+    ("tolerance", "tolerance"),
+)
+
+
+def print_training_summary(outcome: TrainOutcome, cfg: DictConfig) -> None:
+    """The trained encoder beside the same encoder untrained, and where the run lives."""
+    table = Table(title=f"raycl train: {cfg.loss.name} on {cfg.data.name}, {cfg.epochs} epochs")
+    table.add_column("metric")
+    table.add_column("untrained", justify="right")
+    table.add_column("trained", justify="right")
+    rows = [*SUMMARY_METRICS]
+    rows += [(k, k) for k in sorted(outcome.metrics) if k.startswith("recall@")]
+    for key, label in rows:
+        if key in outcome.metrics:
+            before = outcome.initial.get(key)
+            table.add_row(
+                label, "" if before is None else f"{before:.2f}", f"{outcome.metrics[key]:.2f}"
+            )
+    console = Console()
+    console.print(table)
+    console.print(f"run: {outcome.path}\ncheckpoint: {outcome.checkpoint_path}")

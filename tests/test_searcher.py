@@ -1,0 +1,493 @@
+"""Tests for the balance-search space and the coordinate-descent Tune searcher (spec §2.4).
+
+All but the ``slow`` test drive the searcher directly (suggest / on_trial_complete), as Tune
+would, without a Ray cluster.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from ray import tune
+from ray.tune.search import Searcher
+from ray.tune.search.sample import Categorical, Float
+
+from raycl.search import SEED_KEY, Coordinate, CoordinateDescentSearcher, SearchSpace
+
+METRIC = "score"
+Objective = Callable[[dict[str, Any]], float | None]  # None: the trial errors
+
+
+def log2_space(
+    starts: list[float],
+    lower: float = 2**-8,
+    upper: float = 2**8,
+    step: float = 1.0,
+    min_step: float = 0.25,
+) -> SearchSpace:
+    return SearchSpace.from_dict(
+        {
+            f"c{i}": {
+                "scale": "log2",
+                "lower": lower,
+                "upper": upper,
+                "start": start,
+                "step": step,
+                "min_step": min_step,
+            }
+            for i, start in enumerate(starts)
+        }
+    )
+
+
+def log2_quadratic(optimum: list[float], coupling: float = 0.0) -> Objective:
+    """-(uᵀAu) with u = log2(x) - optimum, A = 1 on the diagonal and ``coupling`` off it."""
+
+    def objective(config: dict[str, Any]) -> float:
+        u = [math.log2(config[f"c{i}"]) - o for i, o in enumerate(optimum)]
+        value = sum(x * x for x in u)
+        value += coupling * sum(u[i] * u[j] for i in range(len(u)) for j in range(len(u)) if i != j)
+        return -value
+
+    return objective
+
+
+class Driver:
+    """Plays Tune: asks for trials until the searcher waits, then completes all running ones."""
+
+    def __init__(self, searcher: CoordinateDescentSearcher, objective: Objective) -> None:
+        self.searcher = searcher
+        self.objective = objective
+        self.suggested: list[dict[str, Any]] = []
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.finished = False
+        self._next_id = 0
+
+    def step(self) -> None:
+        trial_id = f"trial_{self._next_id}"
+        self._next_id += 1
+        config = self.searcher.suggest(trial_id)
+        if config == Searcher.FINISHED:
+            self.finished = True
+            self.complete_all()
+        elif config is None:
+            assert self.pending, "the searcher waits although no trial is running"
+            self.complete_all()
+        else:
+            self.suggested.append(config)
+            self.pending[trial_id] = config
+
+    def complete_all(self) -> None:
+        for trial_id, config in list(self.pending.items()):
+            del self.pending[trial_id]
+            value = self.objective(config)
+            if value is None:
+                self.searcher.on_trial_complete(trial_id, None, error=True)
+            else:
+                self.searcher.on_trial_complete(trial_id, {METRIC: value})
+
+    def run(self, max_steps: int = 5000) -> Driver:
+        for _ in range(max_steps):
+            if self.finished:
+                return self
+            self.step()
+        raise AssertionError("the search did not finish")
+
+
+def searcher(space: SearchSpace, **kwargs: Any) -> CoordinateDescentSearcher:
+    kwargs.setdefault("mode", "max")
+    return CoordinateDescentSearcher(space, metric=METRIC, **kwargs)
+
+
+def log2s(config: dict[str, Any], n: int) -> list[float]:
+    return [math.log2(config[f"c{i}"]) for i in range(n)]
+
+
+# -- search space -------------------------------------------------------------------------------
+
+MIXED = {
+    "loss.tau": {
+        "scale": "log2",
+        "lower": 2**-6,
+        "upper": 1.0,
+        "start": 0.1,
+        "step": 1.0,
+        "min_step": 0.25,
+    },
+    "train.batch_size": {"scale": "pow2", "lower": 32, "upper": 1024, "start": 256},
+    "loss.m_neg": {"scale": "linear", "lower": -0.2, "upper": 0.8, "start": 0.2, "step": 0.1},
+    "loss.kind": {"scale": "categorical", "values": ["ntxent", "dhel", "kcl"], "start": "dhel"},
+}
+
+
+def test_space_from_dict_keeps_order_and_types() -> None:
+    space = SearchSpace.from_dict(MIXED)
+    assert space.names == list(MIXED)
+    assert space.start_point() == {
+        "loss.tau": 0.1,
+        "train.batch_size": 256,
+        "loss.m_neg": 0.2,
+        "loss.kind": "dhel",
+    }
+    assert space["loss.tau"].min_step == 0.25
+    assert space["train.batch_size"].min_step == 1  # default: no refinement
+    assert isinstance(space.start_point()["train.batch_size"], int)
+
+
+def test_moves_clip_to_bounds_and_return_none_at_a_bound() -> None:
+    space = SearchSpace.from_dict(MIXED)
+    start = space.start_point()
+    assert space.move(start, "loss.tau", 1)["loss.tau"] == 0.2
+    assert space.move(start, "loss.tau", -2)["loss.tau"] == 0.025
+    assert space.move(start, "loss.tau", -3)["loss.tau"] == 2**-6  # 0.0125 clipped
+    assert space.move(start, "loss.tau", 9)["loss.tau"] == 1.0
+    assert space.move(start, "train.batch_size", -1)["train.batch_size"] == 128
+    assert space.move(start, "loss.m_neg", 1)["loss.m_neg"] == 0.3
+    assert space.move(start, "loss.m_neg", -2)["loss.m_neg"] == 0.0
+    assert space.move(start, "loss.kind", 1)["loss.kind"] == "kcl"
+    top = space.move(start, "train.batch_size", 2)
+    assert top["train.batch_size"] == 1024
+    assert space.move(top, "train.batch_size", 1) is None
+    first = space.move(start, "loss.kind", -1)
+    assert space.move(first, "loss.kind", -1) is None
+    assert space.move(start, "loss.tau", 1, step=0.5)["loss.tau"] == pytest.approx(0.1 * 2**0.5)
+
+
+def test_snapping_makes_grid_points_identical() -> None:
+    space = SearchSpace.from_dict(MIXED)
+    start = space.start_point()
+    point = start
+    for _ in range(3):
+        point = space.move(point, "loss.m_neg", 1)
+    assert point["loss.m_neg"] == 0.5  # not 0.5000000000000001
+    assert space.move(space.move(start, "loss.tau", 1), "loss.tau", -1) == start
+    two = space.move(space.move(start, "loss.tau", 1, 0.5), "loss.tau", 1, 0.5)
+    assert two == space.move(start, "loss.tau", 1)
+    noisy = {**start, "loss.tau": 0.1 * (1 + 1e-13), "loss.m_neg": 0.1 + 0.2}
+    assert space.key(noisy) == space.key({**start, "loss.m_neg": 0.3})
+    assert space.snap(noisy)["loss.tau"] == 0.1
+
+
+def test_to_tune_space_matches_bounds() -> None:
+    domains = SearchSpace.from_dict(MIXED).to_tune_space()
+    assert isinstance(domains["loss.tau"], Float)
+    assert (domains["loss.tau"].lower, domains["loss.tau"].upper) == (2**-6, 1.0)
+    assert isinstance(domains["loss.tau"].sampler, Float._LogUniform)
+    assert isinstance(domains["loss.m_neg"].sampler, Float._Uniform)
+    assert isinstance(domains["train.batch_size"], Categorical)
+    assert domains["train.batch_size"].categories == [32, 64, 128, 256, 512, 1024]
+    assert domains["loss.kind"].categories == ["ntxent", "dhel", "kcl"]
+
+
+def _coordinate(**fields: Any) -> dict[str, Any]:
+    return {"x": {"scale": "log2", "lower": 0.5, "upper": 4.0, "start": 1.0, **fields}}
+
+
+@pytest.mark.parametrize(
+    ("config", "field", "message"),
+    [
+        (_coordinate(lower=2.0, upper=2.0, start=2.0), "upper", "empty range"),
+        (_coordinate(lower=4.0, upper=0.5), "lower", "must be <= upper"),
+        (_coordinate(start=8.0), "start", r"must lie in \[0.5, 4.0\]"),
+        (_coordinate(scale="exp"), "scale", "log2, linear, pow2, categorical"),
+        (_coordinate(lower=0.0), "lower", "must be > 0"),
+        (_coordinate(scale="pow2", lower=-2, upper=8, start=2), "lower", "must be > 0"),
+        (_coordinate(scale="pow2", lower=3, upper=8, start=4), "lower", "power of two"),
+        (_coordinate(step=0.0), "step", "must be a number > 0"),
+        (_coordinate(step=-1.0), "step", "must be a number > 0"),
+        (_coordinate(min_step=2.0), "min_step", "must be <= step"),
+        (
+            {"x": {"scale": "categorical", "values": [], "start": "a"}},
+            "values",
+            "non-empty list",
+        ),
+        (
+            {"x": {"scale": "categorical", "values": ["a", "b"], "start": "c"}},
+            "start",
+            "must be one of",
+        ),
+        (
+            {"x": {"scale": "categorical", "values": ["a"], "start": "a", "step": 0.5}},
+            "step",
+            "must be an integer",
+        ),
+        ({"x": {"scale": "log2", "lower": 0.5, "upper": 4.0}}, "start", "is required"),
+        (_coordinate(upper=None), "upper", "is required"),
+    ],
+)
+def test_space_validation_errors_name_coordinate_and_field(
+    config: dict[str, Any], field: str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=rf"^coordinate 'x': field '{field}' .*{message}") as err:
+        SearchSpace.from_dict(config)
+    assert "\n" not in str(err.value)
+
+
+def test_space_validation_of_structure() -> None:
+    with pytest.raises(ValueError, match="unknown field"):
+        SearchSpace.from_dict(_coordinate(stpe=1.0))
+    with pytest.raises(ValueError, match="at least one coordinate"):
+        SearchSpace.from_dict({})
+    coordinate = Coordinate(name="x", scale="linear", lower=0.0, upper=1.0, start=0.5)
+    with pytest.raises(ValueError, match="duplicate coordinate names"):
+        SearchSpace((coordinate, coordinate))
+
+
+# -- searcher -----------------------------------------------------------------------------------
+
+
+def test_separable_quadratic_converges_in_few_evaluations() -> None:
+    optimum = [2.0, -1.5, 0.75]
+    cd = searcher(log2_space([1.0, 1.0, 1.0]))
+    driver = Driver(cd, log2_quadratic(optimum)).run()
+    assert log2s(cd.best_config, 3) == pytest.approx(optimum, abs=1e-9)
+    assert cd.best_result == pytest.approx(0.0, abs=1e-12)
+    assert len(driver.suggested) == cd.num_trials < 40
+    assert cd.path[0]["coordinate"] is None and cd.path[0]["accepted"]
+
+
+def test_coupled_quadratic_converges_near_optimum() -> None:
+    optimum = [1.3, -0.7]
+    cd = searcher(log2_space([1.0, 1.0], min_step=0.125))
+    Driver(cd, log2_quadratic(optimum, coupling=0.6)).run()
+    found = log2s(cd.best_config, 2)
+    assert math.dist(found, optimum) < 0.3
+    assert cd.best_result > -0.02
+
+
+def test_minimisation_mode() -> None:
+    cd = searcher(log2_space([1.0, 1.0]), mode="min")
+    quadratic = log2_quadratic([-2.0, 3.0])
+    Driver(cd, lambda config: -quadratic(config)).run()
+    assert log2s(cd.best_config, 2) == pytest.approx([-2.0, 3.0])
+
+
+def test_noisy_objective_with_eps_and_repeats() -> None:
+    rng = random.Random(0)
+    optimum = [1.0, -2.0]
+    quadratic = log2_quadratic(optimum)
+    cd = searcher(log2_space([1.0, 1.0], min_step=0.5), eps=0.05, repeats=3)
+    driver = Driver(cd, lambda config: quadratic(config) + rng.gauss(0.0, 0.05)).run()
+    assert quadratic(cd.best_config) > -0.3
+    seeds_per_point: dict[tuple, list[int]] = {}
+    for config in driver.suggested:
+        point = tuple(config[f"c{i}"] for i in range(2))
+        seeds_per_point.setdefault(point, []).append(config[SEED_KEY])
+    assert all(sorted(seeds) == [0, 1, 2] for seeds in seeds_per_point.values())
+
+
+def test_bounds_are_respected_and_reached() -> None:
+    space = log2_space([1.0, 1.0], lower=2**-3, upper=2**3, min_step=0.5)
+    cd = searcher(space)
+    driver = Driver(cd, log2_quadratic([5.0, -6.0])).run()
+    assert cd.best_config == {"c0": 8.0, "c1": 0.125}
+    for config in driver.suggested:
+        assert all(2**-3 <= config[f"c{i}"] <= 2**3 for i in range(2))
+
+
+def test_categorical_pow2_and_linear_coordinates() -> None:
+    space = SearchSpace.from_dict(
+        {
+            "train.batch_size": {"scale": "pow2", "lower": 16, "upper": 2048, "start": 32},
+            "loss.kind": {"scale": "categorical", "values": ["a", "b", "c", "d"], "start": "a"},
+            "loss.m_neg": {"scale": "linear", "lower": -0.2, "upper": 0.8, "start": 0.0,
+                           "step": 0.2, "min_step": 0.1},
+        }
+    )  # fmt: skip
+    bonus = {"a": 0.0, "b": 0.5, "c": 1.0, "d": 0.2}
+
+    def objective(config: dict[str, Any]) -> float:
+        assert isinstance(config["train.batch_size"], int)
+        return (
+            -((math.log2(config["train.batch_size"]) - 8) ** 2)
+            + bonus[config["loss.kind"]]
+            - (config["loss.m_neg"] - 0.3) ** 2
+        )
+
+    cd = searcher(space)
+    Driver(cd, objective).run()
+    assert cd.best_config == {"train.batch_size": 256, "loss.kind": "c", "loss.m_neg": 0.3}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 3),
+    data=st.data(),
+    step=st.sampled_from([0.5, 1.0, 2.0]),
+    halvings=st.integers(0, 2),
+    repeats=st.integers(1, 2),
+    mode=st.sampled_from(["min", "max"]),
+)
+def test_never_suggests_a_config_twice(
+    n: int, data: st.DataObject, step: float, halvings: int, repeats: int, mode: str
+) -> None:
+    optimum = data.draw(st.lists(st.floats(-8, 8), min_size=n, max_size=n))
+    starts = data.draw(st.lists(st.integers(-4, 4), min_size=n, max_size=n))
+    coupling = data.draw(st.floats(-0.4, 0.4))
+    space = log2_space([2.0**s for s in starts], 2**-5, 2**5, step, step / 2**halvings)
+    quadratic = log2_quadratic(optimum, coupling)
+    sign = 1.0 if mode == "max" else -1.0
+    cd = searcher(space, mode=mode, repeats=repeats)
+    driver = Driver(cd, lambda config: sign * quadratic(config)).run()
+    seen = [tuple(sorted(config.items())) for config in driver.suggested]
+    assert len(seen) == len(set(seen))
+    assert all(2**-5 <= c[f"c{i}"] <= 2**5 for c in driver.suggested for i in range(n))
+    assert cd.suggest("after") == Searcher.FINISHED
+
+
+def test_concurrent_suggestions_hand_out_both_neighbours_then_wait() -> None:
+    cd = searcher(log2_space([1.0, 1.0], step=1.0))
+    start = cd.suggest("t0")
+    assert start == {"c0": 1.0, "c1": 1.0, SEED_KEY: 0}
+    assert cd.suggest("t1") is None  # everything needs the start's result
+    cd.on_trial_complete("t0", {METRIC: -1.0})
+    configs = [cd.suggest(f"t{i}") for i in range(2, 6)]
+    assert configs[0] == {"c0": 2.0, "c1": 1.0, SEED_KEY: 0}
+    assert configs[1] == {"c0": 0.5, "c1": 1.0, SEED_KEY: 0}
+    assert configs[2:] == [None, None]
+    cd.on_trial_complete("t2", {METRIC: -0.5})
+    assert cd.suggest("t6") is None  # still waiting for the other neighbour
+    cd.on_trial_complete("t3", {METRIC: -2.0})
+    assert cd.suggest("t7") == {"c0": 4.0, "c1": 1.0, SEED_KEY: 0}  # keep moving up
+
+
+def test_repeats_hand_out_every_seed_of_a_point() -> None:
+    cd = searcher(log2_space([1.0]), repeats=2, seed=7, constants={"epochs": 3})
+    assert cd.suggest("a") == {"epochs": 3, "c0": 1.0, SEED_KEY: 7}
+    assert cd.suggest("b") == {"epochs": 3, "c0": 1.0, SEED_KEY: 8}
+    assert cd.suggest("c") is None
+    cd.on_trial_complete("a", {METRIC: 1.0})
+    assert cd.suggest("d") is None and cd.best_config is None
+    cd.on_trial_complete("b", {METRIC: 3.0})
+    assert cd.best_result == 2.0
+    assert cd.best_config == {"epochs": 3, "c0": 1.0}
+
+
+def test_errored_trials_count_as_worst_and_the_search_goes_on() -> None:
+    quadratic = log2_quadratic([3.0, 0.0])
+
+    def objective(config: dict[str, Any]) -> float | None:
+        return None if config["c0"] > 2.0 else quadratic(config)  # crashes above x = 2
+
+    cd = searcher(log2_space([1.0, 1.0], min_step=0.5))
+    Driver(cd, objective).run()
+    assert cd.best_config == {"c0": 2.0, "c1": 1.0}
+    errored = [entry for entry in cd.path if entry["metric"] is None]
+    assert errored and not any(entry["accepted"] for entry in errored)
+
+
+def test_errored_start_and_missing_metric() -> None:
+    cd = searcher(log2_space([1.0]))
+    cd.suggest("t0")
+    cd.on_trial_complete("t0", None, error=True)
+    assert cd.best_config == {"c0": 1.0} and cd.best_result is None
+    up, down = cd.suggest("t1"), cd.suggest("t2")
+    cd.on_trial_complete("t1", {"other_metric": 1.0})  # no metric: as bad as an error
+    cd.on_trial_complete("t2", {METRIC: -5.0})
+    assert cd.best_config == {"c0": 0.5} == {"c0": down["c0"]} and cd.best_result == -5.0
+    assert up["c0"] == 2.0
+
+
+def test_finished_at_convergence_and_after_max_trials() -> None:
+    cd = searcher(log2_space([1.0, 1.0]))
+    driver = Driver(cd, log2_quadratic([0.0, 0.0])).run()
+    assert cd.suggest("x") == cd.suggest("y") == Searcher.FINISHED
+    # at the optimum from the start: 4 neighbours at step 1, 0.5 and 0.25, nothing more
+    assert len(driver.suggested) == 1 + 3 * 4
+    assert not any(entry["accepted"] for entry in cd.path[1:])
+
+    limited = searcher(log2_space([1.0, 1.0]), max_trials=5)
+    driver = Driver(limited, log2_quadratic([4.0, 4.0])).run()
+    assert len(driver.suggested) == 5
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 2, 9, 25, 60])
+def test_save_restore_continues_identically(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        return searcher(log2_space([1.0, 1.0, 1.0]), repeats=2, eps=0.01)
+
+    objective = log2_quadratic([2.5, -1.0, 0.5], coupling=0.3)
+    reference = Driver(make(), objective).run()
+
+    driver = Driver(make(), objective)
+    for _ in range(interrupt_after):
+        driver.step()
+    assert not driver.finished
+    checkpoint = str(tmp_path / "searcher.pkl")
+    driver.searcher.save(checkpoint)
+    restored = CoordinateDescentSearcher(log2_space([4.0]), metric="other", mode="min")
+    restored.restore(checkpoint)
+    driver.searcher = restored  # running trials now report to the restored searcher
+    driver.run()
+    assert driver.suggested == reference.suggested
+    assert restored.path == reference.searcher.path
+    assert restored.best_config == reference.searcher.best_config
+
+
+def test_set_search_properties_and_constants() -> None:
+    cd = CoordinateDescentSearcher(log2_space([1.0]), constants={"epochs": 2})
+    with pytest.raises(RuntimeError, match="metric"):
+        cd.suggest("t0")
+    assert cd.set_search_properties(METRIC, "min", {"epochs": 2, "data": {"name": "x"}})
+    assert (cd.metric, cd.mode) == (METRIC, "min")
+    assert cd.suggest("t0") == {"epochs": 2, "c0": 1.0, SEED_KEY: 0}
+    assert not cd.set_search_properties(None, None, {"lr": tune.uniform(0.0, 1.0)})
+    assert not cd.set_search_properties(None, None, {"opt": {"lr": tune.grid_search([1, 2])}})
+    with pytest.raises(ValueError, match="constants"):
+        CoordinateDescentSearcher(log2_space([1.0]), constants={"c0": 1.0})
+    with pytest.raises(ValueError, match="constants"):
+        CoordinateDescentSearcher(log2_space([1.0]), constants={SEED_KEY: 1})
+
+
+def test_accepts_a_plain_dict_space() -> None:
+    cd = CoordinateDescentSearcher(MIXED, metric=METRIC, mode="max")
+    assert cd.space.names == list(MIXED)
+
+
+# -- on a real Ray cluster ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_tuner_with_searcher_finds_optimum(tmp_path: Any) -> None:
+    import ray
+
+    def trainable(config: dict[str, Any]) -> None:
+        tau, batch = config["loss.tau"], config["train.batch_size"]
+        tune.report({METRIC: -((math.log2(tau) + 3) ** 2) - (math.log2(batch) - 7) ** 2})
+
+    space = SearchSpace.from_dict(
+        {
+            "loss.tau": {"scale": "log2", "lower": 2**-6, "upper": 1.0, "start": 0.5},
+            "train.batch_size": {"scale": "pow2", "lower": 32, "upper": 1024, "start": 512},
+        }
+    )
+    cd = CoordinateDescentSearcher(space)
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"epochs": 1},
+            tune_config=tune.TuneConfig(
+                search_alg=cd,
+                metric=METRIC,
+                mode="max",
+                num_samples=-1,
+                max_concurrent_trials=2,
+            ),
+            run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+        )
+        results = tuner.fit()
+    finally:
+        ray.shutdown()
+    best = results.get_best_result()
+    assert best.metrics[METRIC] == pytest.approx(0.0)
+    assert best.config["loss.tau"] == 0.125 and best.config["train.batch_size"] == 128
+    assert best.config["epochs"] == 1
+    assert len(results) == cd.num_trials <= 20
+    assert cd.best_config == {"loss.tau": 0.125, "train.batch_size": 128}
