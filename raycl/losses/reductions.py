@@ -49,11 +49,13 @@ class Hinge:
     sign: float
 
     def __call__(self, s: Tensor) -> Tensor:
-        return ((s - self.margin) * self.sign).clamp_min(0)
+        return (s - self.margin if self.sign > 0 else self.margin - s).clamp_min_(0)
 
     def derivative(self, s: Tensor) -> Tensor:
         """f'(s) = sign where the hinge is active, else 0."""
-        return ((s - self.margin) * self.sign > 0).to(s.dtype) * self.sign
+        if self.sign > 0:
+            return (s > self.margin).to(s.dtype)
+        return (s < self.margin).to(s.dtype).neg_()
 
 
 @dataclass(frozen=True)
@@ -91,16 +93,18 @@ def accumulation(x: Tensor) -> Tensor:
 
 
 def _reduce(sim: Tensor, mask: Tensor, reduction: RowReduction) -> RowStat:
-    # f is applied to masked-out entries replaced by 0, so singular maps (Riesz at s = 1) never
-    # put inf * 0 = NaN into the gradient of entries that do not count.
-    values = reduction.fn(sim.where(mask, 0.0))
+    # A non-affine f is applied to masked-out entries replaced by 0, so singular maps (Riesz at
+    # s = 1) never put inf * 0 = NaN into the gradient of entries that do not count.
+    affine = isinstance(reduction.fn, Affine)
+    values = reduction.fn(sim if affine else sim.where(mask, 0.0))
     if reduction.kind == "sum":
         values = values.where(mask, 0.0)
         return RowStat(values.sum(1), (values != 0).sum(1))
-    nonempty = mask.any(1, keepdim=True)
-    logits = values.masked_fill(~mask, float("-inf")).where(nonempty, 0.0)
-    lse = torch.logsumexp(logits, 1).masked_fill(~nonempty[:, 0], float("-inf"))
-    return RowStat(lse, None)
+    logits = values.masked_fill(~mask, float("-inf"))
+    nonempty = mask.any(1)
+    if not bool(nonempty.all()):
+        logits = logits.where(nonempty[:, None], 0.0)
+    return RowStat(torch.logsumexp(logits, 1).masked_fill(~nonempty, float("-inf")), None)
 
 
 def affine_row_sums(

@@ -123,28 +123,49 @@ class _Plan:
                 tiles.append((r0, r1, c0, c1, self.symmetric and c0 != r0))
         return tiles
 
-    def masks(self, r0: int, r1: int, c0: int, c1: int) -> dict[str, Tensor | None]:
-        """The column-set masks of one tile; ``None`` where every entry counts."""
+    def __post_init__(self) -> None:
+        # Host copies of the keys, so each tile's masks can be planned without device syncs.
+        self._host = {
+            key: (getattr(self.rows, key).cpu(), getattr(self.cols, key).cpu())
+            for key in ("index", "ids", "views")
+            if getattr(self.rows, key) is not None
+        }
+
+    def masks(self, r0: int, r1: int, c0: int, c1: int) -> dict[str, Tensor | bool | None]:
+        """The column-set masks of one tile: ``None`` where every entry counts, ``False``
+        where none does (the tile is skipped for that reduction), else a boolean tile."""
         rows, cols = self.rows.slice(r0, r1), self.cols.slice(c0, c1)
-        has_self = _ranges_overlap(rows.index, cols.index)
-        not_self = rows.index[:, None] != cols.index[None, :] if has_self else None
-        masks: dict[str, Tensor | None] = {}
+
+        def relation(key: str) -> str:
+            row_keys, col_keys = self._host[key]
+            a, b = row_keys[r0:r1], col_keys[c0:c1]
+            a_min, a_max, b_min, b_max = int(a.min()), int(a.max()), int(b.min()), int(b.max())
+            if a_max < b_min or b_max < a_min:
+                return "disjoint"
+            return "same" if a_min == a_max == b_min == b_max else "mixed"
+
+        not_self = None
+        if relation("index") != "disjoint":
+            not_self = rows.index[:, None] != cols.index[None, :]
+        masks: dict[str, Tensor | bool | None] = {}
         for which in {r.columns for r in self.reductions}:
             if which == "others":
                 masks[which] = not_self
-            elif which == "negatives":
-                masks[which] = rows.ids[:, None] != cols.ids[None, :]
+                continue
+            key = "views" if which == "same_view" else "ids"
+            kind = relation(key)
+            if which == "negatives":
+                masks[which] = {"disjoint": None, "same": False}.get(kind)
+                if kind == "mixed":
+                    masks[which] = rows.ids[:, None] != cols.ids[None, :]
+            elif kind == "disjoint":
+                masks[which] = False
+            elif kind == "same":
+                masks[which] = not_self
             else:
-                key, col_key = (
-                    (rows.ids, cols.ids) if which == "positives" else (rows.views, cols.views)
-                )
-                mask = key[:, None] == col_key[None, :]
+                mask = getattr(rows, key)[:, None] == getattr(cols, key)[None, :]
                 masks[which] = mask if not_self is None else mask & not_self
         return masks
-
-
-def _ranges_overlap(a: Tensor, b: Tensor) -> bool:
-    return bool(a.min() <= b.max()) and bool(b.min() <= a.max())
 
 
 def _apply(reduction: RowReduction, sim: Tensor, mask: Tensor | None) -> Tensor:
@@ -204,11 +225,17 @@ class _TiledReductions(torch.autograd.Function):
         sums = [zeros.clone() for _ in plan.reductions]
         nonzeros = [zeros.clone() for r in plan.reductions if r.kind == "sum"]
         for r0, r1, c0, c1, mirrored in plan.tiles():
-            sim = accumulation(rows_z[r0:r1] @ cols_z[c0:c1].T)
             masks = plan.masks(r0, r1, c0, c1)
+            if all(m is False for m in masks.values()):
+                continue  # no column of this tile counts for any reduction
+            sim = accumulation(rows_z[r0:r1] @ cols_z[c0:c1].T)
             nonzero = iter(nonzeros)
             for k, reduction in enumerate(plan.reductions):
                 mask = masks[reduction.columns]
+                if mask is False:
+                    if reduction.kind == "sum":
+                        next(nonzero)
+                    continue
                 if shifts[k] is not None:
                     _add_reduced(
                         sums[k], _shifted_exp(reduction, sim, mask, shifts[k]), r0, c0, mirrored
@@ -258,19 +285,22 @@ class _TiledReductions(torch.autograd.Function):
         ]
         generic = [k for k, c in enumerate(shifts) if c is None and k not in explicit]
         for r0, r1, c0, c1, mirrored in plan.tiles():
-            z_r, z_c = rows_z[r0:r1], cols_z[c0:c1]
             masks = plan.masks(r0, r1, c0, c1)
+            active = {k for k, r in enumerate(plan.reductions) if masks[r.columns] is not False}
+            if not active:
+                continue
+            z_r, z_c = rows_z[r0:r1], cols_z[c0:c1]
             sim = accumulation(z_r @ z_c.T)
             grad_sim = torch.zeros_like(sim)
             for k, weights in enumerate(row_weights):
-                if weights is not None:
+                if weights is not None and k in active:
                     reduction = plan.reductions[k]
                     tile = _shifted_exp(reduction, sim, masks[reduction.columns], shifts[k])
                     coefficient = weights[r0:r1, None]
                     if mirrored:
                         coefficient = coefficient + weights[None, c0:c1]
                     grad_sim += tile.mul_(coefficient)
-            for k in explicit:
+            for k in active.intersection(explicit):
                 reduction = plan.reductions[k]
                 mask = masks[reduction.columns]
                 slope = reduction.fn.derivative(sim)
@@ -280,12 +310,12 @@ class _TiledReductions(torch.autograd.Function):
                 grad_sim += (slope if mask is None else slope.masked_fill_(~mask, 0.0)).mul_(
                     weights
                 )
-            if generic:
+            if active.intersection(generic):
                 with torch.enable_grad():
                     leaf = sim.detach().requires_grad_(True)
                     surrogate = sum(
                         _surrogate(plan, k, leaf, masks, grads[k], row_shifts[k], r0, c0, mirrored)
-                        for k in generic
+                        for k in active.intersection(generic)
                     )
                     grad_sim += torch.autograd.grad(surrogate, leaf)[0]
             grad_sim = grad_sim.to(rows_z.dtype)
@@ -300,7 +330,7 @@ def _surrogate(
     plan: _Plan,
     k: int,
     sim: Tensor,
-    masks: dict[str, Tensor | None],
+    masks: dict[str, Tensor | bool | None],
     grad: Tensor,
     row_shift: Tensor,
     r0: int,
