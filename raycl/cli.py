@@ -1,7 +1,13 @@
 """``raycl`` command line.
 
     raycl train [HYDRA_OVERRIDES...]      train on Ray Train (default: digits, CPU)
+    raycl tune [HYDRA_OVERRIDES...]       balance search on Ray Tune (search=cd|random|asha)
+    raycl analyze EXPERIMENT... [--export F.parquet] [--plots DIR]   read Tune results
+    raycl submit [--address A] train|tune [OVERRIDES...] [--follow]   run as a Ray Job
+    raycl submit status|logs|stop JOB_ID, raycl submit list            job life cycle
     raycl bench loss [OPTIONS]            tiled vs materialised losses vs the GEMM limit
+    raycl bench train [OPTIONS]           training throughput, 1 vs 2 workers
+    raycl bench search [OPTIONS]          CD vs random vs ASHA balance search, same budget
 
 Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_workers=8``.
 """
@@ -22,9 +28,59 @@ def _train(args: argparse.Namespace) -> None:
     print_training_summary(train(cfg), cfg)
 
 
+def _tune(args: argparse.Namespace) -> None:
+    from raycl.config import load_config
+    from raycl.report import print_search_summary
+    from raycl.search.tuner import run_search
+
+    cfg = load_config(args.overrides, config_name="tune")
+    print_search_summary(run_search(cfg), cfg)
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from raycl import submit
+
+    if args.action in ("train", "tune"):
+        submit.submit(
+            args.action,
+            args.overrides,
+            address=args.address,
+            token_file=args.token_file,
+            working_dir=args.working_dir,
+            submission_id=args.submission_id,
+            follow=args.follow,
+        )
+        return
+    jobs = submit.client(args.address, args.token_file)
+    if args.action == "status":
+        print(submit.job_status(jobs, args.job_id))
+    elif args.action == "logs":
+        submit.job_logs(jobs, args.job_id, args.follow)
+    elif args.action == "stop":
+        submit.stop_job(jobs, args.job_id)
+    else:
+        submit.list_jobs(jobs)
+
+
+def _analyze(args: argparse.Namespace) -> None:
+    from raycl.search.analysis import analyze
+
+    analyze(
+        args.experiments,
+        metric=args.metric,
+        mode=args.mode,
+        top=args.top,
+        sort=args.sort,
+        export=args.export,
+        plots=args.plots,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from raycl.bench import loss as bench_loss
+    from raycl.bench import search as bench_search
+    from raycl.bench import train as bench_train
 
     parser = argparse.ArgumentParser(
         prog="raycl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -35,22 +91,61 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. loss=tcl loss.k1=5000")
     train.set_defaults(run=_train)
 
+    tune = commands.add_parser("tune", help="balance search on Ray Tune (cd | random | asha)")
+    tune.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search=cd loss=tcl")
+    tune.set_defaults(run=_tune)
+
+    analyze = commands.add_parser("analyze", help="tables, Parquet and plots of Tune results")
+    analyze.add_argument("experiments", nargs="+", help="Tune experiment path(s) or URI(s)")
+    analyze.add_argument("--metric", default="knn_top1")
+    analyze.add_argument("--mode", default="max", choices=["max", "min"])
+    analyze.add_argument("--top", type=int, default=10)
+    analyze.add_argument("--sort", default=None, help="column to sort by (default: --metric)")
+    analyze.add_argument("--export", help="write every trial's config and epochs to this Parquet")
+    analyze.add_argument("--plots", help="write PNG plots into this directory")
+    analyze.set_defaults(run=_analyze)
+
+    submit = commands.add_parser("submit", help="run train/tune on a Ray cluster as a Ray Job")
+    submit.add_argument("--address", default="http://127.0.0.1:8265", help="job API address")
+    submit.add_argument("--token-file", help="auth token file (else RAY_AUTH_TOKEN, ...)")
+    actions = submit.add_subparsers(dest="action", required=True)
+    for action in ("train", "tune"):
+        job = actions.add_parser(action, help=f"submit raycl {action}")
+        job.add_argument("--working-dir", default=".", help="directory shipped to the cluster")
+        job.add_argument("--submission-id", default=None)
+        job.add_argument("--follow", action="store_true", help="stream logs until the job ends")
+        job.add_argument("overrides", nargs="*", help="Hydra overrides")
+    for action in ("status", "logs", "stop"):
+        job = actions.add_parser(action, help=f"{action} of a job")
+        job.add_argument("job_id")
+        if action == "logs":
+            job.add_argument("--follow", action="store_true")
+    actions.add_parser("list", help="list the cluster's jobs")
+    submit.set_defaults(run=_submit)
+
     bench = commands.add_parser("bench", help="measure speed and memory")
     benches = bench.add_subparsers(dest="bench", required=True)
     loss = benches.add_parser("loss", help="tiled vs materialised losses vs the GEMM limit")
     bench_loss.add_arguments(loss)
     loss.set_defaults(run=bench_loss.main)
+    train_bench = benches.add_parser("train", help="training throughput for 1, 2, … workers")
+    bench_train.add_arguments(train_bench)
+    train_bench.set_defaults(run=bench_train.main)
+    search = benches.add_parser("search", help="CD vs random vs ASHA at equal compute")
+    bench_search.add_arguments(search)
+    search.set_defaults(run=bench_search.main)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the ``raycl`` console script: bad input is one line, exit code 2."""
+    from raycl.submit import SubmitError
     from raycl.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, SubmitError) as err:
         print(f"raycl: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
     except TrainingDiverged as err:

@@ -18,6 +18,7 @@ import random
 import re
 import signal
 import tempfile
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from raycl.config import to_dict
 from raycl.data import build_datasets
-from raycl.distributed import all_reduce_sum, distributed_loss
+from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.evaluate import alignment_from_batch, evaluate_representation
 from raycl.losses import build_loss
 from raycl.models import build_model
@@ -67,7 +68,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 def run_training(config: dict[str, Any], session: Session) -> None:
     """Train, evaluate, checkpoint and report each epoch through ``session``."""
     rank, world, device = session.rank, session.world_size, session.device
-    data, optim, train_cfg = config["data"], config["optim"], config
+    data, optim = config["data"], config["optim"]
     _seed_everything(config["seed"] + rank)
 
     bundle = build_datasets(
@@ -92,8 +93,8 @@ def run_training(config: dict[str, Any], session: Session) -> None:
     loss_fn = build_loss(**config["loss"])
 
     steps = len(loader)
-    if train_cfg["max_steps_per_epoch"]:
-        steps = min(steps, train_cfg["max_steps_per_epoch"])
+    if config["max_steps_per_epoch"]:
+        steps = min(steps, config["max_steps_per_epoch"])
     if steps == 0:
         raise ValueError(
             f"data.batch_size={data['batch_size']} × {world} workers exceeds the training set "
@@ -128,50 +129,71 @@ def run_training(config: dict[str, Any], session: Session) -> None:
         _maybe_inject_fault(config, epoch, rank)
         if hasattr(loader, "sampler") and hasattr(loader.sampler, "set_epoch"):
             loader.sampler.set_epoch(epoch)
-        model.train()
-        sums = torch.zeros(4, dtype=torch.float64, device=device)
-        balance: dict[str, float] = {}
-        diverged_at = None
-        for step, (views, labels) in enumerate(loader):
-            if step >= steps:
-                break
-            views = views.to(device, non_blocking=True)
-            labels = labels.to(device, non_blocking=True)
-            with autocast:
-                _, embeddings = model(views)
-            embeddings = embeddings.float().transpose(0, 1)  # (V, B, D)
-            if not _all_finite(embeddings):
-                diverged_at = step
-                break
-            out = distributed_loss(loss_fn, embeddings, labels if data["supervised"] else None)
-            if not torch.isfinite(out.global_terms.total):
-                diverged_at = step
-                break
-            if step == 0:
-                balance = _balance_diagnostic(out.local, loss_fn.weight, embeddings)
-            optimizer.zero_grad(set_to_none=True)
-            out.backward_total.backward()
-            optimizer.step()
-            scheduler.step()
-            sums += torch.stack(
-                [*out.global_terms, torch.tensor(alignment_from_batch(embeddings.detach()))]
-            ).to(sums)
-        if diverged_at is not None:
-            raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, step {diverged_at}")
-        n = max(steps, 1)
+        started = time.perf_counter()
+        means, balance = _train_epoch(
+            model,
+            loader,
+            loss_fn,
+            optimizer,
+            scheduler,
+            steps,
+            epoch,
+            device,
+            autocast,
+            supervised=data["supervised"],
+        )
+        seconds = time.perf_counter() - started
         metrics = {
             "epoch": epoch,
-            "loss": float(sums[0] / n),
-            "loss_pos": float(sums[1] / n),
-            "loss_ent": float(sums[2] / n),
-            "train_alignment": float(all_reduce_sum(sums[3:4])[0] / n / world),
+            **means,
             "lr": scheduler.get_last_lr()[0],
             "global_batch": global_batch,
+            "train_seconds": seconds,
+            "samples_per_s": steps * global_batch / seconds,
             **balance,
             **evaluate(final=epoch == config["epochs"] - 1),
         }
         history.append(metrics)
         _report(session, metrics, model, optimizer, scheduler, epoch, history, initial)
+
+
+def _train_epoch(
+    model, loader, loss_fn, optimizer, scheduler, steps, epoch, device, autocast, supervised
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``steps`` optimisation steps; the epoch's mean global loss terms and the balance
+    diagnostic of its first step. Raises :class:`TrainingDiverged` on a non-finite value."""
+    model.train()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)
+    balance: dict[str, float] = {}
+    for step, (views, labels) in enumerate(loader):
+        if step >= steps:
+            break
+        with autocast:
+            _, embeddings = model(views.to(device, non_blocking=True))
+        embeddings = embeddings.float().transpose(0, 1)  # (V, B, D)
+        # Every rank sees the same (global) verdict, so all stop together.
+        if not _all_finite(embeddings):
+            raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, step {step}")
+        labels = labels.to(device, non_blocking=True) if supervised else None
+        out = distributed_loss(loss_fn, embeddings, labels)
+        if not torch.isfinite(out.global_terms.total):
+            raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, step {step}")
+        if step == 0:
+            balance = _balance_diagnostic(out.local, loss_fn.weight, embeddings)
+        optimizer.zero_grad(set_to_none=True)
+        out.backward_total.backward()
+        optimizer.step()
+        scheduler.step()
+        alignment = torch.tensor(alignment_from_batch(embeddings.detach()))
+        sums += torch.stack([*out.global_terms, alignment]).to(sums)
+    n = max(steps, 1)
+    means = {
+        "loss": float(sums[0] / n),
+        "loss_pos": float(sums[1] / n),
+        "loss_ent": float(sums[2] / n),
+        "train_alignment": float(all_reduce_sum(sums[3:4])[0] / n / world_size()),
+    }
+    return means, balance
 
 
 def _seed_everything(seed: int) -> None:

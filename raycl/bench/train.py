@@ -1,0 +1,89 @@
+"""``raycl bench train``: training throughput for 1, 2, … workers at equal per-worker batch.
+
+Every worker count trains the same config in the same run (a fresh Ray Train run each);
+throughput is items (each with V views) per second over the training steps of the last epoch,
+evaluation excluded, and is reported against the first worker count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import tempfile
+from datetime import date
+
+from raycl.config import load_config
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    """One short training per worker count; its last epoch's throughput."""
+    import ray
+
+    from raycl.train import train
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    rows = []
+    with tempfile.TemporaryDirectory() as storage:
+        for workers in args.workers:
+            cfg = load_config(
+                [
+                    f"cluster.num_workers={workers}",
+                    f"epochs={args.epochs}",
+                    f"max_steps_per_epoch={args.steps}",
+                    "eval.linear_probe=false",
+                    f"storage_path={storage}",
+                    f"name=bench-{workers}",
+                    *args.overrides,
+                ]
+            )
+            last = train(cfg).history[-1]
+            rows.append(
+                {
+                    "workers": workers,
+                    "global_batch": last["global_batch"],
+                    "samples_per_s": last["samples_per_s"],
+                }
+            )
+            print(f"{workers} worker(s): {last['samples_per_s']:.0f} items/s", flush=True)
+    ray.shutdown()
+    return rows
+
+
+def table(rows: list[dict], args: argparse.Namespace) -> str:
+    """Markdown table with speed-ups against the first row."""
+    base = rows[0]["samples_per_s"]
+    lines = [
+        f"Date {date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores; "
+        f"{args.steps} steps per epoch, throughput of epoch {args.epochs}; "
+        f"overrides: {args.overrides or 'none (digits, small_cnn, infonce, CPU)'}.",
+        "",
+        "| workers | global batch (items) | items/s | speed-up vs 1st row | efficiency |",
+        "|---|---|---|---|---|",
+    ]
+    first = rows[0]["workers"]
+    for row in rows:
+        speedup = row["samples_per_s"] / base
+        lines.append(
+            f"| {row['workers']} | {row['global_batch']} | {row['samples_per_s']:.0f} "
+            f"| {speedup:.2f}× | {speedup * first / row['workers']:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench train``."""
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
+    parser.add_argument("--epochs", type=int, default=2, help="the last epoch is measured")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
+    parser.add_argument("--output", help="also write the markdown table to this file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run, print the table, optionally save it."""
+    text = table(run(args), args)
+    print(text)
+    if args.output:
+        with open(args.output, "w") as fh:
+            fh.write("# raycl bench train\n\n" + text + "\n")
