@@ -6,6 +6,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
+from raycl.search.tuner import SearchOutcome
 from raycl.train import TrainOutcome
 
 SUMMARY_METRICS = (
@@ -34,3 +35,19 @@ def print_training_summary(outcome: TrainOutcome, cfg: DictConfig) -> None:
     console = Console()
     console.print(table)
     console.print(f"run: {outcome.path}\ncheckpoint: {outcome.checkpoint_path}")
+
+
+def print_search_summary(outcome: SearchOutcome, cfg: DictConfig) -> None:
+    """The best configuration found and its metrics."""
+    metric = cfg.search.metric
+    table = Table(title=f"raycl tune ({cfg.search.method}): best of {len(outcome.results)} trials")
+    table.add_column("key")
+    table.add_column("value", justify="right")
+    for key, value in sorted(outcome.best_config.items()):
+        table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+    for key in (metric, "loss", "loss_pos", "loss_ent", "training_iteration"):
+        if key in outcome.best_metrics:
+            table.add_row(key, f"{outcome.best_metrics[key]:.4g}")
+    console = Console()
+    console.print(table)
+    console.print(f"experiment: {outcome.path}")

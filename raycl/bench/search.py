@@ -1,0 +1,207 @@
+"""``raycl bench search``: coordinate descent vs random search vs ASHA at equal compute.
+
+Each method runs the same search (same space, trainable and budget in epochs) once per seed,
+on real (short) trainings. Trials are put in the order they finished; a trial's value is its
+last reported metric, its cost the epochs it trained. Reported per method (median over
+seeds): trials and epochs until a trial came within ``--tolerance`` points of the best metric
+any method found, and the best metric at the end of the budget; plus a PNG of best-so-far
+against epochs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from dataclasses import asdict, dataclass
+from datetime import date
+from pathlib import Path
+
+from raycl.config import load_config
+
+METHODS = ("cd", "random", "asha")
+
+
+@dataclass
+class Trajectory:
+    """One search: per finished trial (in finishing order) its metric and cumulative epochs."""
+
+    method: str
+    seed: int
+    metrics: list[float]
+    epochs: list[int]
+    best_config: dict
+
+    def reach(self, target: float) -> tuple[int | None, int | None]:
+        """(trials, epochs) until the first trial at or above ``target``; None if never."""
+        for i, value in enumerate(self.metrics):
+            if value >= target:
+                return i + 1, self.epochs[i]
+        return None, None
+
+    def best_so_far(self) -> list[float]:
+        best, out = float("-inf"), []
+        for value in self.metrics:
+            best = max(best, value)
+            out.append(best)
+        return out
+
+
+def trajectory(outcome, method: str, seed: int, metric: str) -> Trajectory:
+    """Finished trials in finishing order, with the epochs spent up to each."""
+    finished = []
+    for result in outcome.results:
+        frame = result.metrics_dataframe
+        if frame is None or frame.empty or metric not in frame:
+            continue
+        last = frame.iloc[-1]
+        finished.append((float(last["timestamp"]), float(last[metric]), len(frame)))
+    finished.sort()
+    spent, epochs = 0, []
+    for _, _, n in finished:
+        spent += n
+        epochs.append(spent)
+    return Trajectory(method, seed, [m for _, m, _ in finished], epochs, outcome.best_config)
+
+
+def run(args: argparse.Namespace, raw: Path | None = None) -> list[Trajectory]:
+    """Every (method, seed) search, one after the other on the same Ray cluster; each
+    finished search is appended to ``raw`` (JSON lines) at once, so partial runs count."""
+    import ray
+
+    from raycl.search.tuner import run_search
+
+    ray.init(include_dashboard=False, log_to_driver=False)
+    runs = []
+    for seed in range(args.seeds):
+        for method in args.methods:
+            cfg = load_config(
+                [
+                    f"search={method}",
+                    f"seed={seed}",
+                    f"search.budget_epochs={args.budget_epochs}",
+                    "search.budget_trials=null",
+                    f"name=bench-{method}-seed{seed}",
+                    f"storage_path={args.storage_path}",
+                    f"epochs={args.epochs}",
+                    *args.overrides,
+                ],
+                config_name="tune",
+            )
+            outcome = run_search(cfg)
+            runs.append(trajectory(outcome, method, seed, cfg.search.metric))
+            if raw is not None:
+                with raw.open("a") as fh:
+                    fh.write(json.dumps(asdict(runs[-1]), default=str) + "\n")
+            print(
+                f"{method} seed {seed}: best {max(runs[-1].metrics):.2f} "
+                f"over {len(runs[-1].metrics)} trials",
+                flush=True,
+            )
+    ray.shutdown()
+    return runs
+
+
+def summarise(runs: list[Trajectory], methods: list[str], tolerance: float) -> tuple[str, float]:
+    """The markdown results table and the global best metric."""
+    best = max(max(r.metrics) for r in runs)
+    target = best - tolerance
+    lines = [
+        f"Target: within {tolerance} points of the best metric any method found ({best:.2f}).",
+        "",
+        "| method | runs reaching target | median trials to target | median epochs to target "
+        "| median best at budget | median trials run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for method in methods:
+        mine = [r for r in runs if r.method == method]
+        reached = [r.reach(target) for r in mine]
+        hits = [x for x in reached if x[0] is not None]
+        med = lambda xs: f"{statistics.median(xs):g}" if xs else "—"  # noqa: E731
+        lines.append(
+            f"| {method} | {len(hits)}/{len(mine)} | {med([t for t, _ in hits])} "
+            f"| {med([e for _, e in hits])} | {med([max(r.metrics) for r in mine])} "
+            f"| {med([len(r.metrics) for r in mine])} |"
+        )
+    return "\n".join(lines), best
+
+
+def plot(runs: list[Trajectory], methods: list[str], path: Path) -> None:
+    """Best-so-far metric against epochs spent, one line per run, a colour per method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for colour, method in zip(("C0", "C1", "C2"), methods, strict=False):
+        for i, run in enumerate(r for r in runs if r.method == method):
+            ax.step(
+                run.epochs,
+                run.best_so_far(),
+                where="post",
+                color=colour,
+                alpha=0.7,
+                label=method if i == 0 else None,
+            )
+    ax.set_xlabel("epochs trained (all trials)")
+    ax.set_ylabel("best kNN top-1 so far (%)")
+    ax.set_title("Balance search at equal compute")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench search``."""
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--budget-epochs", type=int, default=120)
+    parser.add_argument("--epochs", type=int, default=6, help="epochs per full trial")
+    parser.add_argument("--tolerance", type=float, default=0.5)
+    parser.add_argument("--storage-path", default="raycl_runs/bench-search")
+    parser.add_argument("--output", help="write the markdown report here (PNG and JSON beside)")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="only rebuild the report from the JSON beside --output (seeds finished so far)",
+    )
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every search")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Run every search (or reload them), print the table, optionally save the report."""
+    args.storage_path = str(Path(args.storage_path).resolve())
+    out = Path(args.output) if args.output else None
+    raw = out.with_suffix(".jsonl") if out else None
+    if args.report_only:
+        if raw is None or not raw.exists():
+            raise FileNotFoundError("--report-only needs --output with its .jsonl beside it")
+        runs = [Trajectory(**json.loads(line)) for line in raw.read_text().splitlines()]
+    else:
+        if raw is not None:
+            raw.unlink(missing_ok=True)
+        runs = run(args, raw)
+    seeds = sorted(
+        {
+            r.seed
+            for r in runs
+            if {m for m in args.methods} <= {x.method for x in runs if x.seed == r.seed}
+        }
+    )
+    runs = [r for r in runs if r.seed in seeds]  # complete seeds only: every method ran
+    text, _ = summarise(runs, args.methods, args.tolerance)
+    header = (
+        f"Date {date.today()}; {len(seeds)} seeds per method; budget {args.budget_epochs} "
+        f"epochs per search; {args.epochs} epochs per full trial; overrides: "
+        f"{args.overrides or 'none'}."
+    )
+    print(header + "\n\n" + text)
+    if out is not None:
+        png = out.with_suffix(".png")
+        plot(runs, args.methods, png)
+        out.write_text(
+            f"# raycl bench search\n\n{header}\n\n{text}\n\n![best so far]({png.name})\n"
+        )

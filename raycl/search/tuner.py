@@ -1,0 +1,203 @@
+"""``raycl tune``: the balance search as a Ray Tune experiment.
+
+Three methods over the same space, trainable and budget, so they can be compared:
+
+* ``cd``: :class:`raycl.search.CoordinateDescentSearcher`;
+* ``random``: Tune's ``BasicVariantGenerator`` over the equivalent Tune space;
+* ``asha``: random search with ``ASHAScheduler`` stopping trials early (epochs as time).
+
+Every trial is a real training run (:func:`raycl.train.run_training`) reporting once per
+epoch: in the trial's own process (``cluster.num_workers=0``) or as a ``TorchTrainer`` worker
+group whose reports reach Tune through ``TuneReportCallback``. A budget in epochs
+(``search.budget_epochs``) stops the whole experiment once that many epochs were trained
+over all trials, so methods compare at equal compute.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from raycl.config import search_space_dict, to_dict, validate
+from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
+from raycl.search.space import SearchSpace
+
+SEARCHER_PATH_FILE = "cd_path.json"
+
+
+@dataclass
+class SearchOutcome:
+    """A finished search: Tune's results, the best trial and (for CD) the searcher's moves."""
+
+    results: Any  # ray.tune.ResultGrid
+    best_config: dict[str, Any]
+    best_metrics: dict[str, Any]
+    path: str
+    searcher_path: list[dict[str, Any]] | None
+
+
+def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """The training config of one trial: ``base`` with the trial's dotted-key overrides."""
+    cfg = OmegaConf.create(base)
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value, force_add=False)
+    validate(cfg)
+    return to_dict(cfg)
+
+
+def run_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
+    """A Tune function trainable: one training run reporting every epoch."""
+    from raycl.session import TuneSession
+    from raycl.train import run_training
+
+    config = trial_config(base, overrides)
+    if config["cluster"]["num_workers"] == 0:
+        run_training(config, TuneSession(use_gpu=config["cluster"]["use_gpu"]))
+        return
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raycl.train import trainer_for
+
+    trial_dir = Path(ray.tune.get_context().get_trial_dir())
+    cfg = OmegaConf.create(config)
+    cfg.storage_path, cfg.name = str(trial_dir.parent), f"{trial_dir.name}-train"
+    trainer_for(cfg, callbacks=[TuneReportCallback()]).fit()
+
+
+class EpochBudget:
+    """A Tune stopper ending the experiment after ``budget`` epochs over all trials."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used = budget, 0
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        self.used += 1  # one report per epoch
+        return False
+
+    def stop_all(self) -> bool:
+        return self.used >= self.budget
+
+
+def make_trainable(cfg: DictConfig):
+    """The Tune trainable: :func:`run_trial` bound to the training part of ``cfg``.
+
+    Local trials reserve ``search.cpus_per_trial`` (and a GPU with ``cluster.use_gpu``); a
+    trial that drives a TorchTrainer reserves nothing itself (its workers reserve their own).
+    """
+    from ray import tune
+
+    base = to_dict(cfg)
+    for name in ("search", "space"):
+        base.pop(name)
+    local = cfg.cluster.num_workers == 0
+    resources = {
+        "CPU": cfg.search.cpus_per_trial if local else 0,
+        "GPU": 1 if local and cfg.cluster.use_gpu else 0,
+    }
+    return tune.with_resources(tune.with_parameters(run_trial, base=base), resources)
+
+
+def build_tuner(cfg: DictConfig):
+    """The ``ray.tune.Tuner`` (and the CD searcher, if any) for a ``tune`` config."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+    from ray.tune.stopper import Stopper
+
+    search = cfg.search
+    space = SearchSpace.from_dict(search_space_dict(cfg))
+    trainable = make_trainable(cfg)
+    searcher = scheduler = None
+    if search.method == "cd":
+        searcher = CoordinateDescentSearcher(
+            space,
+            eps=search.eps,
+            repeats=search.repeats,
+            max_trials=search.budget_trials,
+            seed=cfg.seed,
+        )
+        # Tune hands the searcher its metric/mode only with a non-empty param_space.
+        param_space: dict[str, Any] = {"raycl_search": "cd"}
+    else:
+        searcher = BasicVariantGenerator(random_state=cfg.seed)
+        param_space = {**space.to_tune_space(), SEED_KEY: cfg.seed}
+        if search.method == "asha":
+            scheduler = ASHAScheduler(
+                time_attr="training_iteration",
+                max_t=cfg.epochs,
+                grace_period=search.grace_period,
+                reduction_factor=search.reduction_factor,
+            )
+    budget = EpochBudget(search.budget_epochs) if search.budget_epochs else None
+
+    class _Budget(Stopper):  # Tune requires a Stopper subclass
+        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+            return budget(trial_id, result) if budget else False
+
+        def stop_all(self) -> bool:
+            return budget.stop_all() if budget else False
+
+    num_samples = search.budget_trials or -1
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            metric=search.metric,
+            mode=search.mode,
+            search_alg=searcher,
+            scheduler=scheduler,
+            num_samples=num_samples,
+            max_concurrent_trials=search.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(
+            name=cfg.name,
+            storage_path=_storage(cfg),
+            stop=_Budget(),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
+            verbose=1,
+        ),
+    )
+    return tuner, searcher if isinstance(searcher, CoordinateDescentSearcher) else None
+
+
+def _storage(cfg: DictConfig) -> str:
+    path = cfg.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
+def run_search(cfg: DictConfig) -> SearchOutcome:
+    """Run (or, with ``search.resume=true``, resume) the search and return its outcome."""
+    import json
+
+    import ray
+    from ray import tune
+
+    if not ray.is_initialized():
+        ray.init(address=cfg.cluster.address)
+    experiment = f"{_storage(cfg)}/{cfg.name}"
+    if cfg.search.resume:
+        if not tune.Tuner.can_restore(experiment):
+            raise FileNotFoundError(f"search.resume=true but no experiment at {experiment}")
+        # The searcher's state (and so the CD path so far) comes back from the experiment.
+        tuner, searcher = (
+            tune.Tuner.restore(experiment, trainable=make_trainable(cfg), resume_errored=True),
+            None,
+        )
+    else:
+        tuner, searcher = build_tuner(cfg)
+    results = tuner.fit()
+    best = results.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="last")
+    moves = searcher.path if searcher is not None else None
+    if moves is not None and "://" not in experiment:
+        Path(experiment, SEARCHER_PATH_FILE).write_text(json.dumps(moves, default=str))
+    return SearchOutcome(
+        results=results,
+        best_config={k: v for k, v in best.config.items() if k != "raycl_search"},
+        best_metrics=dict(best.metrics or {}),
+        path=experiment,
+        searcher_path=moves,
+    )
