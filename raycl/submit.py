@@ -1,0 +1,156 @@
+"""``raycl submit``: run ``raycl train``/``raycl tune`` on a Ray cluster as a Ray Job.
+
+The job's runtime environment ships the working directory (the ``raycl`` package and
+``conf/``); its entrypoint is ``python -m raycl.cli <command> <hydra overrides>``. Clusters
+started with token authentication (``RAY_AUTH_MODE=token``) get the token as an
+``Authorization: Bearer`` header, read from ``--token-file``, ``RAY_AUTH_TOKEN``,
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (in that order).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+from pathlib import Path
+from typing import Any
+
+DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+# Anchored (gitignore-style): a bare "data" would also drop raycl/data/ and conf/data/.
+EXCLUDES = ["/.venv", "/.git", "/raycl_runs", "/data", "/outputs", "/multirun", "*.egg-info"]
+
+
+class SubmitError(RuntimeError):
+    """A job could not be submitted or queried (one line, no traceback)."""
+
+
+def read_token(token_file: str | None = None) -> str | None:
+    """The cluster's auth token, or None when none is configured."""
+    if token_file:
+        path = Path(token_file).expanduser()
+        if not path.is_file():
+            raise SubmitError(f"--token-file: no such file: {path}")
+        return path.read_text().strip()
+    if os.environ.get("RAY_AUTH_TOKEN"):
+        return os.environ["RAY_AUTH_TOKEN"].strip()
+    for candidate in (os.environ.get("RAY_AUTH_TOKEN_PATH"), "~/.ray/auth_token"):
+        if candidate and Path(candidate).expanduser().is_file():
+            return Path(candidate).expanduser().read_text().strip()
+    return None
+
+
+def client(address: str, token_file: str | None = None):
+    """A ``JobSubmissionClient`` for ``address`` with the auth header set (if any token)."""
+    from ray.job_submission import JobSubmissionClient
+
+    token = read_token(token_file)
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    try:
+        return JobSubmissionClient(address, headers=headers)
+    except Exception as err:
+        raise SubmitError(
+            f"cannot reach the Ray cluster at {address}: {_first_line(err)}"
+        ) from None
+
+
+def runtime_env(working_dir: str, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ship ``working_dir`` (package + conf), never local runs, data or virtualenvs."""
+    directory = Path(working_dir).resolve()
+    if not (directory / "raycl").is_dir() or not (directory / "conf").is_dir():
+        raise SubmitError(f"--working-dir {directory} must hold the raycl package and conf/")
+    env = {"working_dir": str(directory), "excludes": EXCLUDES}
+    if env_vars:
+        env["env_vars"] = env_vars
+    return env
+
+
+def submit(
+    command: str,
+    overrides: list[str],
+    *,
+    address: str = DEFAULT_ADDRESS,
+    token_file: str | None = None,
+    working_dir: str = ".",
+    submission_id: str | None = None,
+    follow: bool = False,
+) -> str:
+    """Submit ``raycl <command> <overrides>``; return the job id (and stream logs if asked)."""
+    if command not in ("train", "tune"):
+        raise SubmitError(f"command must be train or tune, got {command!r}")
+    from raycl.config import load_config
+
+    load_config(overrides, config_name=command)  # a bad override fails here, not on the cluster
+    entrypoint = shlex.join(["python", "-m", "raycl.cli", command, *overrides])
+    jobs = client(address, token_file)
+    try:
+        job_id = jobs.submit_job(
+            entrypoint=entrypoint,
+            runtime_env=runtime_env(working_dir),
+            submission_id=submission_id,
+        )
+    except SubmitError:
+        raise
+    except Exception as err:
+        raise SubmitError(f"submission refused by {address}: {_first_line(err)}") from None
+    print(f"submitted {job_id}: {entrypoint}")
+    if follow:
+        follow_logs(jobs, job_id)
+    return job_id
+
+
+def follow_logs(jobs, job_id: str) -> str:
+    """Stream a job's logs until it ends; return its final status."""
+
+    async def tail() -> None:
+        async for lines in jobs.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(tail())
+    status = str(jobs.get_job_status(job_id))
+    print(f"\njob {job_id}: {status}")
+    return status
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def job_status(jobs, job_id: str) -> str:
+    """A job's status and message on one line."""
+    info = _call(jobs.get_job_info, job_id)
+    return f"{job_id}: {info.status} {info.message or ''}".strip()
+
+
+def job_logs(jobs, job_id: str, follow: bool = False) -> None:
+    """Print a job's logs (streaming them with ``follow``)."""
+    if follow:
+        follow_logs(jobs, job_id)
+    else:
+        print(_call(jobs.get_job_logs, job_id), end="")
+
+
+def stop_job(jobs, job_id: str) -> None:
+    """Ask the cluster to stop a job."""
+    stopped = _call(jobs.stop_job, job_id)
+    print(f"{job_id}: {'stop requested' if stopped else 'not running'}")
+
+
+def list_jobs(jobs) -> None:
+    """A table of the cluster's jobs."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="Ray jobs")
+    for column in ("submission id", "status", "entrypoint"):
+        table.add_column(column)
+    for job in _call(jobs.list_jobs):
+        table.add_row(job.submission_id or job.job_id or "", str(job.status), job.entrypoint)
+    Console().print(table)
+
+
+def _call(fn, *args):
+    try:
+        return fn(*args)
+    except Exception as err:
+        raise SubmitError(_first_line(err)) from None

@@ -1,0 +1,527 @@
+"""deploy/: the manifests raycl relies on, checked against the code (fast: no cluster, no GPU).
+
+Also the scaling table of deploy/README.md: :func:`loss_scaling` computes it from the formulas of
+the implementation (tiled loss engine, data-parallel gather), and
+:func:`test_memory_model_matches_the_tiled_engine` checks those formulas against the live
+allocations and the GEMMs of the real engine at a small size.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import json
+import re
+import shlex
+import weakref
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from raycl.config import load_config
+from raycl.losses import build_loss
+from raycl.losses.base import AUTO_TILE_ENTRIES
+from raycl.losses.structure import PairStructure, flatten_batch
+from raycl.losses.tiled import default_block_size
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+KUBERAY = DEPLOY / "kuberay"
+LAUNCHER = DEPLOY / "cluster-aws-gpu.yaml"
+RAY_VERSION = "2.60.0"
+MOUNT = "/mnt/raycl"  # the shared storage: storage_path of every cluster run
+PUBLIC_SERVICE_TYPES = {"LoadBalancer", "NodePort"}
+
+
+def load_all(path: Path) -> list[dict[str, Any]]:
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc is not None]
+
+
+def kuberay_docs() -> list[dict[str, Any]]:
+    return [doc for path in sorted(KUBERAY.glob("*.yaml")) for doc in load_all(path)]
+
+
+def of_kind(kind: str) -> list[dict[str, Any]]:
+    return [doc for doc in kuberay_docs() if doc["kind"] == kind]
+
+
+def cluster_specs() -> list[dict[str, Any]]:
+    """Every RayCluster spec: the RayCluster's and the one each RayJob creates."""
+    specs = [doc["spec"] for doc in of_kind("RayCluster")]
+    specs += [doc["spec"]["rayClusterSpec"] for doc in of_kind("RayJob")]
+    assert specs
+    return specs
+
+
+def pod_specs(cluster: dict[str, Any]) -> list[dict[str, Any]]:
+    """The head's pod spec, then each worker group's."""
+    heads = [cluster["headGroupSpec"]["template"]["spec"]]
+    return heads + [group["template"]["spec"] for group in cluster["workerGroupSpecs"]]
+
+
+def walk(node: Any, path: str = ""):
+    """Every (path, key, value) of a nested manifest."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield path, key, value
+            yield from walk(value, f"{path}.{key}")
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk(value, f"{path}[{i}]")
+
+
+def containers(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """Every container of a manifest (pods, submitter), the autoscaler sidecar's options too."""
+    found = []
+    for path, key, value in walk(doc):
+        if key == "containers":
+            found += [(f"{path}.containers[{i}]", c) for i, c in enumerate(value)]
+        elif key == "autoscalerOptions":
+            found.append((f"{path}.autoscalerOptions", value))
+    return found
+
+
+def secret() -> tuple[str, str]:
+    (doc,) = load_all(KUBERAY / "auth-secret.yaml")
+    (key,) = doc["stringData"]
+    return doc["metadata"]["name"], key
+
+
+def shared_claim() -> str:
+    (doc,) = load_all(KUBERAY / "storage.yaml")
+    return doc["metadata"]["name"]
+
+
+def entrypoint(job: dict[str, Any]) -> tuple[str, list[str]]:
+    words = shlex.split(job["spec"]["entrypoint"])
+    assert words[:3] == ["python", "-m", "raycl.cli"], words
+    return words[3], words[4:]
+
+
+@cache
+def gpu_multinode():
+    return load_config(["cluster=gpu_multinode"]).cluster
+
+
+# --- every manifest ------------------------------------------------------------------------
+
+
+def test_every_manifest_parses():
+    paths = sorted(DEPLOY.rglob("*.yaml"))
+    assert {p.relative_to(DEPLOY).as_posix() for p in paths} >= {
+        "cluster-aws-gpu.yaml",
+        "runtime_env.yaml",
+        "kuberay/raycluster.yaml",
+        "kuberay/rayjob.yaml",
+        "kuberay/auth-secret.yaml",
+        "kuberay/storage.yaml",
+    }
+    for path in paths:
+        assert load_all(path), path
+    for doc in kuberay_docs():
+        assert doc["apiVersion"] in ("v1", "ray.io/v1") and doc["metadata"]["name"]
+
+
+def test_ray_version_matches_everywhere():
+    assert importlib.metadata.version("ray") == RAY_VERSION
+    launcher = load_all(LAUNCHER)[0]
+    assert launcher["docker"]["image"].startswith(f"rayproject/ray:{RAY_VERSION}-")
+    assert launcher["docker"]["image"].endswith("-gpu")
+    assert f"ray[default,train,tune]=={RAY_VERSION}" in " ".join(launcher["setup_commands"])
+    for cluster in cluster_specs():
+        assert cluster["rayVersion"] == RAY_VERSION
+    images = [c["image"] for doc in kuberay_docs() for _, c in containers(doc) if "image" in c]
+    assert images
+    for image in images:
+        assert f"ray{RAY_VERSION}" in image and image.endswith("-gpu"), image
+
+
+# --- cluster launcher ----------------------------------------------------------------------
+
+
+def test_launcher_config_satisfies_rays_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    ray_dir = Path(importlib.util.find_spec("ray").origin).parent
+    schema = json.loads((ray_dir / "autoscaler" / "ray-schema.json").read_text())
+    jsonschema.validate(load_all(LAUNCHER)[0], schema)
+
+
+def test_launcher_uses_token_auth_and_a_local_dashboard():
+    config = load_all(LAUNCHER)[0]
+    head = " ".join(config["head_start_ray_commands"])
+    workers = " ".join(config["worker_start_ray_commands"])
+    assert "ray start --head" in head and "--dashboard-host=127.0.0.1" in head
+    assert "0.0.0.0" not in head + workers
+    for commands in (head, workers):
+        assert "RAY_AUTH_MODE=token" in commands
+        (token_path,) = re.findall(r"RAY_AUTH_TOKEN_PATH=(\S+?);", commands)
+        assert token_path in config["file_mounts"]  # the token file is synced to every node
+    assert "ray start --address=$RAY_HEAD_IP:6379" in workers
+    gpu_types = [
+        t for t in config["available_node_types"] if t != config["head_node_type"]
+    ]  # the GPU workers autoscale from zero
+    assert gpu_types
+    for name in gpu_types:
+        node = config["available_node_types"][name]
+        assert node["min_workers"] == 0 < node["max_workers"] <= config["max_workers"]
+
+
+def test_launcher_mounts_the_shared_storage_in_every_container():
+    config = load_all(LAUNCHER)[0]
+    assert f"--volume {MOUNT}:{MOUNT}" in config["docker"]["run_options"]
+    mounts = [c for c in config["initialization_commands"] if "mount -t nfs4" in c]
+    assert mounts and all(c.rstrip().endswith(MOUNT) for c in mounts)
+
+
+# --- KubeRay -------------------------------------------------------------------------------
+
+
+def test_every_kuberay_container_uses_token_auth_from_the_secret():
+    name, key = secret()
+    found = [(doc["kind"], where, c) for doc in kuberay_docs() for where, c in containers(doc)]
+    kinds = {kind for kind, _, _ in found}
+    assert {"RayCluster", "RayJob"} <= kinds
+    assert any("submitterPodTemplate" in where for _, where, _ in found)
+    for kind, where, container in found:
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value") == "token", (kind, where)
+        ref = env.get("RAY_AUTH_TOKEN", {}).get("valueFrom", {}).get("secretKeyRef")
+        assert ref == {"name": name, "key": key}, (kind, where)
+        assert "value" not in env["RAY_AUTH_TOKEN"], (kind, where)  # never inline
+
+
+def test_auth_secret_is_a_template_without_a_real_token():
+    (doc,) = load_all(KUBERAY / "auth-secret.yaml")
+    assert doc["kind"] == "Secret" and "data" not in doc
+    (value,) = doc["stringData"].values()
+    assert "REPLACE" in value
+    text = (KUBERAY / "auth-secret.yaml").read_text()
+    assert "ray get-auth-token --generate" in text and "secrets.token_hex(32)" in text
+
+
+def test_no_real_token_anywhere_in_deploy():
+    for path in sorted(DEPLOY.rglob("*")):
+        if path.is_file():
+            text = path.read_text()
+            assert not re.search(r"\b[0-9a-f]{32,}\b", text), path
+            assert not re.search(r"RAY_AUTH_TOKEN=(?!\"?\$)[\w-]{8,}", text), path
+
+
+def test_worker_groups_have_gpus_and_match_cluster_gpu_multinode():
+    cluster_cfg = gpu_multinode()
+    for cluster in cluster_specs():
+        assert cluster["enableInTreeAutoscaling"] is True
+        total = 0
+        for group in cluster["workerGroupSpecs"]:
+            assert group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+            (container,) = group["template"]["spec"]["containers"]
+            limits = container["resources"]["limits"]
+            gpus = int(limits["nvidia.com/gpu"])
+            assert gpus >= 1
+            # one Ray Train worker per GPU, each with cluster.cpus_per_worker CPUs
+            assert int(limits["cpu"]) >= gpus * cluster_cfg.cpus_per_worker
+            total += gpus * group["replicas"]
+        assert total >= cluster_cfg.num_workers  # `replicas` runs cluster=gpu_multinode
+        head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert "nvidia.com/gpu" not in head["resources"]["limits"]
+
+
+def test_shared_volume_is_mounted_at_the_same_path_in_head_and_workers():
+    (pvc,) = load_all(KUBERAY / "storage.yaml")
+    assert pvc["kind"] == "PersistentVolumeClaim"
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    claim = shared_claim()
+    for cluster in cluster_specs():
+        for pod in pod_specs(cluster):
+            volumes = {
+                v["name"]
+                for v in pod["volumes"]
+                if v.get("persistentVolumeClaim", {}).get("claimName") == claim
+            }
+            mounts = {
+                m["mountPath"]
+                for c in pod["containers"]
+                for m in c.get("volumeMounts", [])
+                if m["name"] in volumes
+            }
+            assert mounts == {MOUNT}
+
+
+def test_no_service_is_public():
+    for doc in kuberay_docs():
+        if doc["kind"] == "Service":
+            assert doc["spec"].get("type", "ClusterIP") not in PUBLIC_SERVICE_TYPES
+        for path, key, value in walk(doc):
+            if key == "serviceType" or (key == "type" and path.endswith("headService.spec")):
+                assert value not in PUBLIC_SERVICE_TYPES, (doc["kind"], path)
+    for cluster in cluster_specs():
+        assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+
+
+def test_rayjob_runs_raycl_on_the_cluster_config_and_shared_storage():
+    (job,) = of_kind("RayJob")
+    (raycluster,) = of_kind("RayCluster")
+    assert job["spec"]["rayClusterSpec"] == raycluster["spec"]  # one cluster, no drift
+    command, overrides = entrypoint(job)
+    assert command in ("train", "tune")
+    assert "cluster=gpu_multinode" in overrides
+    assert f"storage_path={MOUNT}" in overrides
+    cfg = load_config(overrides, config_name=command)  # the entrypoint composes
+    assert cfg.cluster.use_gpu and cfg.cluster.address == "auto"
+    assert cfg.storage_path == MOUNT
+    if cfg.data.get("root"):
+        assert cfg.data.root.startswith(f"{MOUNT}/")  # every worker reads the same files
+    runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
+    assert not re.search(r"token|secret|password", json.dumps(runtime_env), re.IGNORECASE)
+
+
+def test_cluster_gpu_multinode_composes():
+    cluster = gpu_multinode()
+    assert cluster.use_gpu is True and cluster.num_workers >= 2 and cluster.address == "auto"
+
+
+# --- runtime environment -------------------------------------------------------------------
+
+
+def excluded(excludes: list[str]):
+    """Ray's own matcher of runtime-env ``excludes`` (gitignore patterns), as in the upload."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    return _get_excludes(ROOT, excludes)
+
+
+SHIPPED = ["raycl/cli.py", "raycl/data/__init__.py", "raycl/losses/tiled.py", "conf/train.yaml"]
+SHIPPED += ["conf/data/cifar10.yaml", "conf/cluster/gpu_multinode.yaml"]
+NOT_SHIPPED = [".venv/bin/python", "data/cifar10/x", "raycl_runs/run/x", ".git/HEAD"]
+
+
+def test_runtime_env_ships_the_package_and_no_secret():
+    env = load_all(DEPLOY / "runtime_env.yaml")[0]
+    assert env["working_dir"] == "."
+    assert "/.venv" in env["excludes"] or ".venv" in env["excludes"]
+    match = excluded(env["excludes"])
+    for path in SHIPPED:
+        assert not match(ROOT / path), f"{path} would not reach the cluster"
+    for path in NOT_SHIPPED:
+        assert match(ROOT / path), f"{path} would be uploaded"
+    assert int(env["env_vars"]["OMP_NUM_THREADS"]) == gpu_multinode().cpus_per_worker
+    text = json.dumps(env)
+    assert not re.search(r"token|secret|password", text, re.IGNORECASE)
+
+
+def test_raycl_submit_ships_the_package():
+    from raycl.submit import EXCLUDES
+
+    match = excluded(EXCLUDES)
+    for path in SHIPPED:
+        assert not match(ROOT / path), f"raycl submit would not ship {path}"
+
+
+# --- scaling table -------------------------------------------------------------------------
+
+BYTES_FP32 = 4
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Per-GPU cost of one data-parallel loss step (forward + backward) on W GPUs."""
+
+    workers: int  # W
+    global_batch: int  # B = W × data.batch_size items
+    embeddings: int  # M = V·B rows of the gathered batch
+    rows: int  # R = M / W local anchors
+    tile: tuple[int, int]  # the largest similarity tile (rows × columns)
+    engine: str  # what loss.impl=auto picks
+    loss_bytes: int  # peak loss memory, loss.impl=tiled
+    gather_bytes: int  # embeddings received by all-gather (and again by the reduce-scatter)
+    flops: int  # GEMM FLOPs of the tiled loss (forward + backward)
+
+
+def loss_scaling(
+    workers: int,
+    batch_size: int = 512,
+    views: int = 2,
+    dim: int = 128,
+    block: int | None = None,
+) -> Scaling:
+    """The cost model of ``raycl.distributed.distributed_loss`` with the tiled engine.
+
+    Rank k computes its R = M/W anchors against the gathered M columns (W = 1: the batch
+    against itself, the symmetric path visiting only tiles on and above the diagonal).
+    Embeddings are fp32 (``train.py`` casts them before the loss).
+
+    Memory peaks in one of two phases of the backward:
+
+    * the tiled backward: the gathered Z (kept by ``F.normalize``), its normalised copy and
+      ∂L/∂Ẑ (3·M·d), the local rows' three (R·d), plus the tiles: the similarity, ∂L/∂S,
+      exp(f − c) and, while the next tile's similarity is allocated, the previous one
+      (4 fp32; 3 when there is one tile only, 5 with the mirrored coefficient tile of the
+      symmetric path) and two 1-byte masks (``not_self`` and its negation) = 4·n + 2 bytes
+      per entry; the forward holds only 2 fp32 tiles + the masks;
+    * autograd's backward of ``F.normalize`` over the gathered batch: ≈ 6·M·d + R·d
+      (W = 1: 5.5·M·d), once the tiles are freed.
+
+    Per-row vectors (O(M)) are left out. Each tile costs one GEMM forward and three backward
+    (recompute S, ∂L/∂S·Z_cols, ∂L/∂Sᵀ·Z_rows): 4 × 2·r·c·d FLOPs.
+    """
+    block = block or default_block_size(torch.device("cuda"))
+    global_batch = workers * batch_size
+    m = views * global_batch
+    rows = m // workers
+    symmetric = workers == 1
+    tiles = [
+        (min(block, rows - r0), min(block, m - c0), symmetric and c0 != r0)
+        for r0 in range(0, rows, block)
+        for c0 in range(r0 if symmetric else 0, m, block)
+    ]
+    fp32_tiles = 3 if len(tiles) == 1 else 5 if any(t[2] for t in tiles) else 4
+    largest = max(r * c for r, c, _ in tiles)
+    tile_bytes = largest * (BYTES_FP32 * fp32_tiles + 2)
+    if symmetric:
+        loss_bytes = max(22 * m * dim, BYTES_FP32 * 3 * m * dim + tile_bytes)
+    else:
+        loss_bytes = max(
+            BYTES_FP32 * dim * (6 * m + rows),
+            BYTES_FP32 * dim * (3 * m + 3 * rows) + tile_bytes,
+        )
+    return Scaling(
+        workers=workers,
+        global_batch=global_batch,
+        embeddings=m,
+        rows=rows,
+        tile=(min(block, rows), min(block, m)),
+        engine="tiled" if rows * m > AUTO_TILE_ENTRIES else "materialised",
+        loss_bytes=loss_bytes,
+        gather_bytes=(workers - 1) * rows * dim * BYTES_FP32,
+        flops=sum(4 * 2 * r * c * dim for r, c, _ in tiles),
+    )
+
+
+TABLE_WORKERS = (1, 8, 64, 512)
+
+
+def table_rows() -> list[list[str]]:
+    """deploy/README.md's table: d = 128, V = 2, data.batch_size = 512, block = CUDA's."""
+    rows = []
+    for w in TABLE_WORKERS:
+        s = loss_scaling(w)
+        rows.append(
+            [
+                f"{w}",
+                f"{s.global_batch:,}",
+                f"{s.embeddings:,}",
+                f"{s.tile[0]:,} × {s.tile[1]:,}",
+                s.engine,
+                f"{s.loss_bytes / 2**20:,.1f} MiB",
+                f"{s.gather_bytes / 2**20:,.1f} MiB",
+                f"{s.flops / 1e9:,.1f}",
+            ]
+        )
+    return rows
+
+
+def readme_table() -> list[list[str]]:
+    text = (DEPLOY / "README.md").read_text()
+    block = text.split("<!-- scaling-table -->")[1].split("<!-- /scaling-table -->")[0]
+    lines = [line.strip() for line in block.strip().splitlines() if line.strip()]
+    assert lines[0].startswith("|") and set(lines[1]) <= set("|-: ")
+    return [[cell.strip().strip("`") for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def test_readme_scaling_table_matches_the_formulas():
+    assert default_block_size(torch.device("cuda")) == 8192
+    assert readme_table() == table_rows()
+
+
+class _LiveMemory(TorchDispatchMode):
+    """Bytes of tensor storage allocated inside the mode and still alive (peak kept), and
+    the FLOPs of every matrix product."""
+
+    @classmethod
+    def _should_skip_dynamo(cls) -> bool:
+        return False  # nothing is compiled in here: spares importing torch._dynamo (seconds)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.owners: dict[int, int] = {}
+        self.sizes: dict[int, int] = {}
+        self.live = self.peak = self.flops = 0
+
+    def _release(self, ptr: int) -> None:
+        self.owners[ptr] -= 1
+        if self.owners[ptr] == 0:
+            del self.owners[ptr]
+            self.live -= self.sizes.pop(ptr)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func is torch.ops.aten.mm.default:
+            (m, k), n = args[0].shape, args[1].shape[1]
+            self.flops += 2 * m * k * n
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor)
+        }
+        for t in tree_flatten(out)[0]:
+            if not isinstance(t, torch.Tensor) or t.untyped_storage().data_ptr() == 0:
+                continue
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in self.owners:
+                if ptr in inputs:
+                    continue  # in place, or a view of a tensor from outside
+                self.owners[ptr] = 0
+                self.sizes[ptr] = t.untyped_storage().nbytes()
+                self.live += self.sizes[ptr]
+                self.peak = max(self.peak, self.live)
+            self.owners[ptr] += 1
+            weakref.finalize(t, self._release, ptr)
+        return out
+
+
+def _measure_rank(workers: int, batch_size: int, dim: int, block: int, views: int = 2):
+    """One rank's loss step as ``distributed_loss`` runs it: the local anchors against the
+    gathered batch (the structure that ``gather_batch`` builds), forward and backward."""
+    loss = build_loss("infonce", temperature=0.1, impl="tiled", block_size=block)
+    generator = torch.Generator().manual_seed(0)
+    local = [
+        flatten_batch(torch.randn(views, batch_size, dim, generator=generator))
+        for _ in range(workers)
+    ]
+    me = min(1, workers - 1)
+    parts = [
+        (s.ids + k * batch_size, s.index + k * len(s), s.views) for k, (_, s) in enumerate(local)
+    ]
+    cols = PairStructure(*(torch.cat([p[i] for p in parts]) for i in range(3)))
+    z = local[me][0].clone().requires_grad_(True)
+    with _LiveMemory() as probe:
+        if workers == 1:
+            terms = loss.compute(z, local[0][1])
+        else:
+            gathered = torch.cat([z if k == me else zk for k, (zk, _) in enumerate(local)])
+            terms = loss.compute(z, PairStructure(*parts[me]), gathered, cols)
+            del gathered
+        terms.total.backward()
+    return probe.peak, probe.flops
+
+
+@pytest.mark.parametrize(
+    ("workers", "batch_size", "dim", "block"),
+    [
+        (1, 256, 4, 512),  # one symmetric tile
+        (4, 128, 1, 256),  # tiles dominate: 4 column blocks
+        (4, 16, 1024, 32),  # embeddings dominate: the backward of F.normalize
+    ],
+)
+def test_memory_model_matches_the_tiled_engine(workers, batch_size, dim, block):
+    peak, flops = _measure_rank(workers, batch_size, dim, block)
+    model = loss_scaling(workers, batch_size=batch_size, dim=dim, block=block)
+    assert flops == model.flops
+    assert 0.97 <= peak / model.loss_bytes <= 1.06, (peak, model.loss_bytes)
