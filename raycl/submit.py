@@ -10,12 +10,15 @@ started with token authentication (``RAY_AUTH_MODE=token``) get the token as an
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shlex
+import time
 from pathlib import Path
 from typing import Any
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
+AGENT_WAIT_S = 60.0
 # Anchored (gitignore-style): a bare "data" would also drop raycl/data/ and conf/data/.
 EXCLUDES = ["/.venv", "/.git", "/raycl_runs", "/data", "/outputs", "/multirun", "*.egg-info"]
 
@@ -45,6 +48,7 @@ def client(address: str, token_file: str | None = None):
 
     token = read_token(token_file)
     headers = {"Authorization": f"Bearer {token}"} if token else None
+    logging.getLogger("ray").setLevel(logging.WARNING)  # no per-file packaging chatter
     try:
         return JobSubmissionClient(address, headers=headers)
     except Exception as err:
@@ -82,16 +86,20 @@ def submit(
     load_config(overrides, config_name=command)  # a bad override fails here, not on the cluster
     entrypoint = shlex.join(["python", "-m", "raycl.cli", command, *overrides])
     jobs = client(address, token_file)
-    try:
-        job_id = jobs.submit_job(
-            entrypoint=entrypoint,
-            runtime_env=runtime_env(working_dir),
-            submission_id=submission_id,
-        )
-    except SubmitError:
-        raise
-    except Exception as err:
-        raise SubmitError(f"submission refused by {address}: {_first_line(err)}") from None
+    env = runtime_env(working_dir)
+    deadline = time.monotonic() + AGENT_WAIT_S
+    while True:
+        try:
+            job_id = jobs.submit_job(
+                entrypoint=entrypoint, runtime_env=env, submission_id=submission_id
+            )
+            break
+        except Exception as err:
+            # A node that just started may not have its job agent yet: that one is transient.
+            if "No available agent" in str(err) and time.monotonic() < deadline:
+                time.sleep(2)
+                continue
+            raise SubmitError(f"submission refused by {address}: {_first_line(err)}") from None
     print(f"submitted {job_id}: {entrypoint}")
     if follow:
         follow_logs(jobs, job_id)

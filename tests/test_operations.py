@@ -201,14 +201,19 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def head_node(tmp_path_factory):
+    """A token-authenticated head node on 127.0.0.1 (``ray start --block`` in its own session,
+    so that stopping it ends its processes only, never another Ray on the machine)."""
     token = "raycl-test-" + os.urandom(16).hex()
     dashboard = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
-    start = subprocess.run(
+    # Jobs run `python -m raycl.cli ...`: the head's PATH must find this environment's python.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    head = subprocess.Popen(
         [
             RAY,
             "start",
             "--head",
+            "--block",
             "--node-ip-address=127.0.0.1",
             f"--port={free_port()}",
             "--dashboard-host=127.0.0.1",
@@ -216,22 +221,35 @@ def head_node(tmp_path_factory):
             "--num-cpus=2",
             "--include-dashboard=true",
             "--disable-usage-stats",
+            # Own ports for every agent, so another Ray on this machine cannot collide.
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={free_port()}",
+            f"--object-manager-port={free_port()}",
         ],
         env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
-    assert start.returncode == 0, start.stderr
+    address = f"http://127.0.0.1:{dashboard}"
     try:
-        yield {
-            "address": f"http://127.0.0.1:{dashboard}",
-            "token": token,
-            "storage": tmp_path_factory.mktemp("jobs"),
-        }
+        deadline = time.time() + 120
+        while (
+            raycl("submit", "--address", address, "list", env={"RAY_AUTH_TOKEN": token}).returncode
+            != 0
+        ):
+            assert head.poll() is None and time.time() < deadline, "head node did not start"
+            time.sleep(2)
+        yield {"address": address, "token": token, "storage": tmp_path_factory.mktemp("jobs")}
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True, check=False)
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
