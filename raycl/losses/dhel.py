@@ -17,10 +17,11 @@ energy per view, as in the formula); with ``include_augs=False`` only view-0 anc
 
 from __future__ import annotations
 
-from raycl.losses.aggregation import Aggregation, TermSum
-from raycl.losses.base import Impl, anchor_term, log_mean_exp, positive_counts
+from torch import Tensor
+
+from raycl.losses.aggregation import Aggregation
+from raycl.losses.base import Impl
 from raycl.losses.infonce import InfoNCELoss
-from raycl.losses.reductions import RowReduction, RowStat
 from raycl.losses.structure import PairStructure
 
 
@@ -29,6 +30,7 @@ class DHELLoss(InfoNCELoss):
 
     name = "dhel"
     accepts_labels = True
+    entropy_columns = "same_view"
 
     def __init__(
         self,
@@ -44,20 +46,8 @@ class DHELLoss(InfoNCELoss):
         super().__init__(temperature, weight, aggregation, lse, impl, block_size, normalize)
         self.include_augs = bool(include_augs)
 
-    def reductions(self) -> list[RowReduction]:
-        return [
-            RowReduction("positives", "sum", self.scaled),
-            RowReduction("same_view", "logsumexp", self.scaled),
-        ]
-
-    def term_sums(
-        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
-    ) -> tuple[TermSum, TermSum]:
-        positives, energy = stats
-        pos = -positives.value / positive_counts(rows, cols, self.name)
-        ent = log_mean_exp(energy.value, rows, cols, "same_view", self.lse)
-        members = None if self.include_augs else rows.views == 0
-        return anchor_term(pos), anchor_term(ent, members)
+    def entropy_members(self, rows: PairStructure) -> Tensor | None:
+        return None if self.include_augs else rows.views == 0
 
     def ent_scale(self, cols: PairStructure) -> float:
         return float(cols.num_views) if self.include_augs else 1.0

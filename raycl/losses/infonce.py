@@ -15,6 +15,10 @@ comparable across batch sizes. ``weight`` decouples the balance from the tempera
 
 from __future__ import annotations
 
+from typing import ClassVar
+
+from torch import Tensor
+
 from raycl.losses.aggregation import Aggregation, TermSum
 from raycl.losses.base import (
     ContrastiveLoss,
@@ -26,7 +30,7 @@ from raycl.losses.base import (
     positive_counts,
 )
 from raycl.losses.reductions import Affine, RowReduction, RowStat
-from raycl.losses.structure import PairStructure
+from raycl.losses.structure import ColumnSet, PairStructure
 
 LSE_MODES = ("sum", "mean")
 
@@ -36,6 +40,7 @@ class InfoNCELoss(ContrastiveLoss):
 
     name = "infonce"
     accepts_labels = False
+    entropy_columns: ClassVar[ColumnSet] = "others"
 
     def __init__(
         self,
@@ -65,16 +70,25 @@ class InfoNCELoss(ContrastiveLoss):
     def reductions(self) -> list[RowReduction]:
         return [
             RowReduction("positives", "sum", self.scaled),
-            RowReduction("others", "logsumexp", self.scaled),
+            RowReduction(self.entropy_columns, "logsumexp", self.scaled),
         ]
 
     def term_sums(
         self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
     ) -> tuple[TermSum, TermSum]:
         positives, entropy = stats
-        pos = -positives.value / positive_counts(rows, cols, self.name)
-        ent = log_mean_exp(entropy.value, rows, cols, "others", self.lse)
-        return anchor_term(pos), anchor_term(ent)
+        ent = log_mean_exp(entropy.value, rows, cols, self.entropy_columns, self.lse)
+        return self.positive_term(positives, rows, cols), anchor_term(
+            ent, self.entropy_members(rows)
+        )
+
+    def positive_term(self, positives: RowStat, rows: PairStructure, cols: PairStructure):
+        """Per anchor −mean_{p∈P(i)} s_ip/τ from the row sums of s/τ over positives."""
+        return anchor_term(-positives.value / positive_counts(rows, cols, self.name))
+
+    def entropy_members(self, rows: PairStructure) -> Tensor | None:
+        """The anchors that carry an entropy element (None: every anchor)."""
+        return None
 
     def hparams(self) -> dict[str, object]:
         return {"temperature": self.temperature, "lse": self.lse, **super().hparams()}

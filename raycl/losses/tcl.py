@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from raycl.losses.aggregation import Aggregation, TermSum
-from raycl.losses.base import Impl, anchor_term, check_number, log_mean_exp, positive_counts
+from raycl.losses.base import Impl, anchor_term, check_number, log_mean_exp
 from raycl.losses.infonce import InfoNCELoss
 from raycl.losses.reductions import RowReduction, RowStat
 from raycl.losses.structure import PairStructure
@@ -61,11 +61,10 @@ class TCLLoss(InfoNCELoss):
         self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
     ) -> tuple[TermSum, TermSum]:
         positives, positive_mass, negative_mass = stats
-        pos = -positives.value / positive_counts(rows, cols, self.name)
         log_k2 = math.log(self.k2) if self.k2 > 0 else float("-inf")
         log_d = torch.logaddexp(positive_mass.value, log_k2 + negative_mass.value)
         ent = log_mean_exp(log_d, rows, cols, "others", self.lse)
-        return anchor_term(pos), anchor_term(ent)
+        return self.positive_term(positives, rows, cols), anchor_term(ent)
 
     def hparams(self) -> dict[str, object]:
         return {"k1": self.k1, "k2": self.k2, **super().hparams()}
