@@ -361,7 +361,7 @@ def train(cfg: DictConfig) -> TrainOutcome:
     import ray
 
     if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address)
+        ray.init(address=cfg.cluster.address or "local")
     from ray.train import TrainingFailedError
 
     try:

@@ -74,7 +74,7 @@ def experiments(tmp_path_factory):
     from raycl.search.tuner import run_search
 
     storage = tmp_path_factory.mktemp("tune")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run_search(
             load_config(
@@ -235,6 +235,7 @@ def head_node(tmp_path_factory):
         start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
+    gcs_port = int(next(a for a in head.args if a.startswith("--port=")).split("=")[1])
     try:
         deadline = time.time() + 120
         while (
@@ -250,6 +251,10 @@ def head_node(tmp_path_factory):
             head.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
+        # `ray start` records the cluster for later `ray.init()` calls; forget ours.
+        current = Path("/tmp/ray/ray_current_cluster")
+        if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
+            current.unlink()
 
 
 @pytest.mark.slow

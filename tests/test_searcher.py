@@ -468,7 +468,7 @@ def test_tuner_with_searcher_finds_optimum(tmp_path: Any) -> None:
         }
     )
     cd = CoordinateDescentSearcher(space)
-    ray.init(num_cpus=2, include_dashboard=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
     try:
         tuner = tune.Tuner(
             trainable,

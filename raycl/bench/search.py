@@ -71,7 +71,7 @@ def run(args: argparse.Namespace, raw: Path | None = None) -> list[Trajectory]:
 
     from raycl.search.tuner import run_search
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     runs = []
     for seed in range(args.seeds):
         for method in args.methods:

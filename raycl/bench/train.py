@@ -22,7 +22,7 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     from raycl.train import train
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory() as storage:
         for workers in args.workers:

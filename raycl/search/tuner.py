@@ -177,7 +177,7 @@ def run_search(cfg: DictConfig) -> SearchOutcome:
     from ray import tune
 
     if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address)
+        ray.init(address=cfg.cluster.address or "local")
     experiment = f"{_storage(cfg)}/{cfg.name}"
     if cfg.search.resume:
         if not tune.Tuner.can_restore(experiment):
