@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from datetime import date
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from raycl.bench.measure import best_time, peak_memory
+from raycl.bench.measure import best_time, cpu_model, peak_memory
 from raycl.losses import LOSSES, build_loss
 
 FAMILIES = ("infonce", "supcon", "tcl", "dhel", "kcl", "margin")
@@ -130,17 +129,10 @@ def _gb(n: float) -> str:
     return f"{n / 2**30:.2f}"
 
 
-def _cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.machine()
-
-
 def table(rows: list[dict], args: argparse.Namespace) -> str:
     """The results as a markdown table (one section per family)."""
     lines = [
-        f"Date {date.today()}; machine: {_cpu_model()}, "
+        f"Date {date.today()}; machine: {cpu_model()}, "
         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; device {args.device}; "
         f"dtype {args.dtype}; d = {args.dim}; forward + backward; peak memory above the "
         "process baseline, measured per size in a fresh process.",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 from datetime import date
 
+from raycl.bench.measure import cpu_model
 from raycl.config import load_config
 
 
@@ -54,7 +54,7 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     """Markdown table with speed-ups against the first row."""
     base = rows[0]["samples_per_s"]
     lines = [
-        f"Date {date.today()}; machine: {platform.machine()}, {os.cpu_count()} cores; "
+        f"Date {date.today()}; machine: {cpu_model()}, {os.cpu_count()} cores; "
         f"{args.steps} steps per epoch, throughput of epoch {args.epochs}; "
         f"overrides: {args.overrides or 'none (digits, small_cnn, infonce, CPU)'}.",
         "",
