@@ -356,12 +356,21 @@ def storage_path(cfg: DictConfig) -> str:
     return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
-def train(cfg: DictConfig) -> TrainOutcome:
-    """Run (or resume) training on Ray Train; write ``metrics.parquet``/``.csv`` beside it."""
+def connect_ray(cfg: DictConfig) -> None:
+    """Join ``cluster.address`` (``auto`` or a URI), or start a fresh local Ray when it is null.
+
+    Never ``ray.init()`` without an address: that joins whatever cluster ``ray start`` last
+    recorded on the machine, even a dead one.
+    """
     import ray
 
     if not ray.is_initialized():
         ray.init(address=cfg.cluster.address or "local")
+
+
+def train(cfg: DictConfig) -> TrainOutcome:
+    """Run (or resume) training on Ray Train; write ``metrics.parquet``/``.csv`` beside it."""
+    connect_ray(cfg)
     from ray.train import TrainingFailedError
 
     try:

@@ -184,13 +184,10 @@ def main(args: argparse.Namespace) -> None:
         if raw is not None:
             raw.unlink(missing_ok=True)
         runs = run(args, raw)
-    seeds = sorted(
-        {
-            r.seed
-            for r in runs
-            if {m for m in args.methods} <= {x.method for x in runs if x.seed == r.seed}
-        }
-    )
+    methods_by_seed: dict[int, set[str]] = {}
+    for r in runs:
+        methods_by_seed.setdefault(r.seed, set()).add(r.method)
+    seeds = sorted(seed for seed, done in methods_by_seed.items() if set(args.methods) <= done)
     runs = [r for r in runs if r.seed in seeds]  # complete seeds only: every method ran
     text, _ = summarise(runs, args.methods, args.tolerance)
     header = (

@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from ray.tune.stopper import Stopper
 
 from raycl.config import search_space_dict, to_dict, validate
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
 from raycl.search.space import SearchSpace
+from raycl.train import connect_ray, run_training, storage_path, trainer_for
 
 SEARCHER_PATH_FILE = "cd_path.json"
 
@@ -51,7 +53,6 @@ def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, A
 def run_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
     """A Tune function trainable: one training run reporting every epoch."""
     from raycl.session import TuneSession
-    from raycl.train import run_training
 
     config = trial_config(base, overrides)
     if config["cluster"]["num_workers"] == 0:
@@ -60,15 +61,13 @@ def run_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raycl.train import trainer_for
-
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
     cfg = OmegaConf.create(config)
     cfg.storage_path, cfg.name = str(trial_dir.parent), f"{trial_dir.name}-train"
     trainer_for(cfg, callbacks=[TuneReportCallback()]).fit()
 
 
-class EpochBudget:
+class EpochBudget(Stopper):
     """A Tune stopper ending the experiment after ``budget`` epochs over all trials."""
 
     def __init__(self, budget: int) -> None:
@@ -106,7 +105,6 @@ def build_tuner(cfg: DictConfig):
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.basic_variant import BasicVariantGenerator
-    from ray.tune.stopper import Stopper
 
     search = cfg.search
     space = SearchSpace.from_dict(search_space_dict(cfg))
@@ -132,15 +130,6 @@ def build_tuner(cfg: DictConfig):
                 grace_period=search.grace_period,
                 reduction_factor=search.reduction_factor,
             )
-    budget = EpochBudget(search.budget_epochs) if search.budget_epochs else None
-
-    class _Budget(Stopper):  # Tune requires a Stopper subclass
-        def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-            return budget(trial_id, result) if budget else False
-
-        def stop_all(self) -> bool:
-            return budget.stop_all() if budget else False
-
     num_samples = search.budget_trials or -1
     tuner = tune.Tuner(
         trainable,
@@ -155,8 +144,8 @@ def build_tuner(cfg: DictConfig):
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
-            storage_path=_storage(cfg),
-            stop=_Budget(),
+            storage_path=storage_path(cfg),
+            stop=EpochBudget(search.budget_epochs) if search.budget_epochs else None,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
             verbose=1,
         ),
@@ -164,21 +153,14 @@ def build_tuner(cfg: DictConfig):
     return tuner, searcher if isinstance(searcher, CoordinateDescentSearcher) else None
 
 
-def _storage(cfg: DictConfig) -> str:
-    path = cfg.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
-
-
 def run_search(cfg: DictConfig) -> SearchOutcome:
     """Run (or, with ``search.resume=true``, resume) the search and return its outcome."""
     import json
 
-    import ray
     from ray import tune
 
-    if not ray.is_initialized():
-        ray.init(address=cfg.cluster.address or "local")
-    experiment = f"{_storage(cfg)}/{cfg.name}"
+    connect_ray(cfg)
+    experiment = f"{storage_path(cfg)}/{cfg.name}"
     if cfg.search.resume:
         if not tune.Tuner.can_restore(experiment):
             raise FileNotFoundError(f"search.resume=true but no experiment at {experiment}")
