@@ -16,16 +16,10 @@ import pandas as pd
 import pytest
 
 from raycl.config import load_config
+from tests.conftest import TINY_TRAINING
 
 REPO = Path(__file__).resolve().parent.parent
 RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
-TINY = [
-    "epochs=2",
-    "data.batch_size=128",
-    "max_steps_per_epoch=2",
-    "eval.linear_probe=false",
-    "eval.knn_k=20",
-]
 
 
 def raycl(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -79,7 +73,7 @@ def experiments(tmp_path_factory):
         run_search(
             load_config(
                 [
-                    *TINY,
+                    *TINY_TRAINING,
                     "search=cd",
                     "search.budget_trials=4",
                     f"storage_path={storage}",
@@ -91,7 +85,7 @@ def experiments(tmp_path_factory):
         run_search(
             load_config(
                 [
-                    *TINY,
+                    *TINY_TRAINING,
                     "search=cd",
                     "search.budget_trials=3",
                     f"storage_path={storage}",
@@ -144,7 +138,7 @@ def test_analyze_cli_prints_top_trials(experiments):
 def test_killed_tune_driver_resumes_without_rerunning_trials(tmp_path):
     args = [
         "tune",
-        *TINY,
+        *TINY_TRAINING,
         "search=cd",
         "search.budget_trials=6",
         "search.max_concurrent_trials=1",
@@ -267,7 +261,7 @@ def test_submit_with_token_runs_a_training_job(head_node):
         "--follow",
         "--submission-id",
         "raycl-test-job",
-        *TINY,
+        *TINY_TRAINING,
         "epochs=1",
         "cluster.address=auto",
         f"storage_path={head_node['storage']}",

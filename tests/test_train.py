@@ -52,14 +52,6 @@ def test_every_shipped_group_option_composes():
             assert cfg[group]["name" if group != "cluster" else "num_workers"] is not None
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
-
-
 def run(tmp_path, *overrides):
     from raycl.train import train
 

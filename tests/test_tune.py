@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import pytest
 
-from raycl.bench.search import Trajectory, summarise
+from raycl.bench.search import Reach, Trajectory, median_reach, summarise, verdict
 from raycl.config import ConfigError, load_config
+from tests.conftest import TINY_TRAINING
 
-TINY = [
-    "epochs=2",
-    "data.batch_size=128",
-    "max_steps_per_epoch=2",
-    "eval.linear_probe=false",
-    "eval.knn_k=20",
-    "search.max_concurrent_trials=2",
-]
+TINY = [*TINY_TRAINING, "search.max_concurrent_trials=2"]
 
 
 @pytest.mark.parametrize(
@@ -51,21 +45,24 @@ def test_search_bookkeeping():
         Trajectory("random", 0, [91.0, 92.0, 96.4, 95.0], [6, 12, 18, 24], {}),
         Trajectory("asha", 0, [80.0, 93.0], [1, 7], {}),
     ]
-    assert runs[0].reach(95.9) == (3, 18)
-    assert runs[2].reach(95.9) == (None, None)
+    assert runs[0].reach(95.9) == (Reach(3, True), Reach(18, True))
+    assert runs[2].reach(95.9) == (Reach(2, False), Reach(7, False))
     assert runs[1].best_so_far() == [91.0, 92.0, 96.4, 96.4]
     text, best = summarise(runs, ["cd", "random", "asha"], tolerance=0.5)
     assert best == 96.4
-    assert "| cd | 1/1 | 3 | 18 | 96 | 3 |" in text
-    assert "| asha | 0/1 | — | — | 93 | 2 |" in text
+    assert "| cd | 1/1 | 3 | 18 | 96.00 | 3 |" in text
+    assert "| asha | 0/1 | > 2 (not reached) | > 7 (not reached) | 93.00 | 2 |" in text
+    assert "CD trials ≤ ⅓ of random search's: not met (ratio 1.00)" in text
+    assert "CD epochs ≤ ½ of ASHA's: undetermined (ratio < 2.57" in text
 
 
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield
-    ray.shutdown()
+def test_median_search_counts_searches_that_never_reached_the_target_as_last():
+    # Two of three searches never reached the target: the median search did not either.
+    assert median_reach([Reach(3, True), Reach(9, False), Reach(4, False)]) == Reach(4, False)
+    assert median_reach([Reach(30, True), Reach(2, True), Reach(4, False)]) == Reach(30, True)
+    assert verdict(Reach(3, True), Reach(10, False), 1 / 3).startswith("met (ratio < 0.30")
+    assert verdict(Reach(3, True), Reach(9, True), 1 / 3) == "met (ratio 0.33)"
+    assert verdict(Reach(3, False), Reach(9, True), 1 / 3).startswith("not met")
 
 
 @pytest.mark.slow

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
@@ -20,6 +21,36 @@ from pathlib import Path
 from raycl.config import load_config
 
 METHODS = ("cd", "random", "asha")
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Trials or epochs a search spent to reach the target; if it never did (``reached`` is
+    False), ``spent`` is all it spent, a lower bound, and it ranks after every search that did."""
+
+    spent: int
+    reached: bool
+
+    def __str__(self) -> str:
+        return f"{self.spent}" if self.reached else f"> {self.spent} (not reached)"
+
+
+def median_reach(reaches: list[Reach]) -> Reach:
+    """The (upper) median search: ranked by reached-first, then by cost."""
+    ordered = sorted(reaches, key=lambda r: (not r.reached, r.spent))
+    return ordered[len(ordered) // 2]
+
+
+def verdict(cd: Reach, other: Reach, bound: float) -> str:
+    """Whether CD's median cost is at most ``bound`` times the other method's."""
+    if not cd.reached:
+        return "not met: CD's median search never reached the target"
+    ratio = cd.spent / other.spent
+    if other.reached:
+        return f"{'met' if ratio <= bound else 'not met'} (ratio {ratio:.2f})"
+    if ratio <= bound:
+        return f"met (ratio < {ratio:.2f}: the other never reached it)"
+    return f"undetermined (ratio < {ratio:.2f}: the other never reached it)"
 
 
 @dataclass
@@ -32,12 +63,12 @@ class Trajectory:
     epochs: list[int]
     best_config: dict
 
-    def reach(self, target: float) -> tuple[int | None, int | None]:
-        """(trials, epochs) until the first trial at or above ``target``; None if never."""
+    def reach(self, target: float) -> tuple[Reach, Reach]:
+        """(trials, epochs) until the first trial at or above ``target``."""
         for i, value in enumerate(self.metrics):
             if value >= target:
-                return i + 1, self.epochs[i]
-        return None, None
+                return Reach(i + 1, True), Reach(self.epochs[i], True)
+        return Reach(len(self.metrics), False), Reach(self.epochs[-1], False)
 
     def best_so_far(self) -> list[float]:
         best, out = float("-inf"), []
@@ -64,17 +95,28 @@ def trajectory(outcome, method: str, seed: int, metric: str) -> Trajectory:
     return Trajectory(method, seed, [m for _, m, _ in finished], epochs, outcome.best_config)
 
 
-def run(args: argparse.Namespace, raw: Path | None = None) -> list[Trajectory]:
-    """Every (method, seed) search, one after the other on the same Ray cluster; each
-    finished search is appended to ``raw`` (JSON lines) at once, so partial runs count."""
+def load(raw: Path) -> list[Trajectory]:
+    """The searches finished so far, from the JSON lines beside the report."""
+    return [Trajectory(**json.loads(line)) for line in raw.read_text().splitlines()]
+
+
+def run(
+    args: argparse.Namespace, raw: Path | None = None, done: Sequence[Trajectory] = ()
+) -> list[Trajectory]:
+    """Every (method, seed) search not in ``done``, one after the other on the same Ray
+    cluster; each finished search is appended to ``raw`` (JSON lines) at once, so partial
+    runs count."""
     import ray
 
     from raycl.search.tuner import run_search
 
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
-    runs = []
+    runs = list(done)
+    finished = {(r.method, r.seed) for r in done}
     for seed in range(args.seeds):
         for method in args.methods:
+            if (method, seed) in finished:
+                continue
             cfg = load_config(
                 [
                     f"search={method}",
@@ -103,7 +145,7 @@ def run(args: argparse.Namespace, raw: Path | None = None) -> list[Trajectory]:
 
 
 def summarise(runs: list[Trajectory], methods: list[str], tolerance: float) -> tuple[str, float]:
-    """The markdown results table and the global best metric."""
+    """The markdown results table, the verdict on the targets and the global best metric."""
     best = max(max(r.metrics) for r in runs)
     target = best - tolerance
     lines = [
@@ -113,16 +155,25 @@ def summarise(runs: list[Trajectory], methods: list[str], tolerance: float) -> t
         "| median best at budget | median trials run |",
         "|---|---|---|---|---|---|",
     ]
+    trials, epochs = {}, {}
     for method in methods:
         mine = [r for r in runs if r.method == method]
         reached = [r.reach(target) for r in mine]
-        hits = [x for x in reached if x[0] is not None]
-        med = lambda xs: f"{statistics.median(xs):g}" if xs else "—"  # noqa: E731
+        trials[method] = median_reach([t for t, _ in reached])
+        epochs[method] = median_reach([e for _, e in reached])
+        hits = sum(t.reached for t, _ in reached)
         lines.append(
-            f"| {method} | {len(hits)}/{len(mine)} | {med([t for t, _ in hits])} "
-            f"| {med([e for _, e in hits])} | {med([max(r.metrics) for r in mine])} "
-            f"| {med([len(r.metrics) for r in mine])} |"
+            f"| {method} | {hits}/{len(mine)} | {trials[method]} | {epochs[method]} "
+            f"| {statistics.median(max(r.metrics) for r in mine):.2f} "
+            f"| {statistics.median(len(r.metrics) for r in mine):g} |"
         )
+    if {"cd", "random", "asha"} <= set(methods):
+        lines += [
+            "",
+            "Targets (median over seeds):",
+            f"- CD trials ≤ ⅓ of random search's: {verdict(trials['cd'], trials['random'], 1 / 3)}",
+            f"- CD epochs ≤ ½ of ASHA's: {verdict(epochs['cd'], epochs['asha'], 1 / 2)}",
+        ]
     return "\n".join(lines), best
 
 
@@ -168,6 +219,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only rebuild the report from the JSON beside --output (seeds finished so far)",
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="keep the searches already in the JSON beside --output; run only the missing ones",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every search")
 
 
@@ -176,14 +232,15 @@ def main(args: argparse.Namespace) -> None:
     args.storage_path = str(Path(args.storage_path).resolve())
     out = Path(args.output) if args.output else None
     raw = out.with_suffix(".jsonl") if out else None
+    if (args.report_only or args.resume) and (raw is None or not raw.exists()):
+        raise FileNotFoundError("--report-only/--resume need --output with its .jsonl beside it")
     if args.report_only:
-        if raw is None or not raw.exists():
-            raise FileNotFoundError("--report-only needs --output with its .jsonl beside it")
-        runs = [Trajectory(**json.loads(line)) for line in raw.read_text().splitlines()]
+        runs = load(raw)
     else:
-        if raw is not None:
+        done = load(raw) if args.resume else []
+        if raw is not None and not args.resume:
             raw.unlink(missing_ok=True)
-        runs = run(args, raw)
+        runs = run(args, raw, done)
     methods_by_seed: dict[int, set[str]] = {}
     for r in runs:
         methods_by_seed.setdefault(r.seed, set()).add(r.method)
