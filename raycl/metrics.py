@@ -68,6 +68,27 @@ def _check(
     return x if x.dtype == torch.float64 else x.float()
 
 
+def _check_split(
+    kind: str,
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    test_x: torch.Tensor,
+    test_y: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Validate a train/test pair of (``kind`` matrix, labels) with matching widths."""
+    train_x = _check(f"train_{kind}", train_x, ndim=2)
+    train_y = _check(
+        "train_labels", train_y, ndim=1, length=train_x.shape[0], length_of=f"train_{kind}"
+    )
+    test_x = _check(f"test_{kind}", test_x, ndim=2)
+    test_y = _check("test_labels", test_y, ndim=1, length=test_x.shape[0], length_of=f"test_{kind}")
+    if test_x.shape[1] != train_x.shape[1]:
+        raise ValueError(
+            f"test_{kind} has dim {test_x.shape[1]} but train_{kind} has {train_x.shape[1]}"
+        )
+    return train_x, train_y, test_x, test_y
+
+
 def _check_positive(name: str, value: float, *, integer: bool = False) -> None:
     """Raise ``ValueError`` unless ``value`` is > 0 (and an integer when ``integer``)."""
     if integer and (isinstance(value, bool) or not isinstance(value, Integral)):
@@ -93,18 +114,9 @@ def knn_top1(
     ``exp`` (same argmax, no overflow). Queries are processed ``batch_size`` at a time, so
     memory is ``O(batch_size · N_train)``.
     """
-    bank = _check("train_embeddings", train_embeddings, ndim=2)
-    bank_labels = _check(
-        "train_labels", train_labels, ndim=1, length=bank.shape[0], length_of="train_embeddings"
+    bank, bank_labels, queries, query_labels = _check_split(
+        "embeddings", train_embeddings, train_labels, test_embeddings, test_labels
     )
-    queries = _check("test_embeddings", test_embeddings, ndim=2)
-    query_labels = _check(
-        "test_labels", test_labels, ndim=1, length=queries.shape[0], length_of="test_embeddings"
-    )
-    if queries.shape[1] != bank.shape[1]:
-        raise ValueError(
-            f"test_embeddings has dim {queries.shape[1]} but train_embeddings has {bank.shape[1]}"
-        )
     _check_positive("k", k, integer=True)
     _check_positive("temperature", temperature)
     _check_positive("batch_size", batch_size, integer=True)
@@ -142,18 +154,9 @@ def linear_probe(
     ``-Σ_i log softmax(W z_i + b)_{y_i} + ||W||² / (2C)``. Returns
     ``100 · mean(predict(test) == test_labels)``.
     """
-    train = _check("train_features", train_features, ndim=2)
-    train_y = _check(
-        "train_labels", train_labels, ndim=1, length=train.shape[0], length_of="train_features"
+    train, train_y, test, test_y = _check_split(
+        "features", train_features, train_labels, test_features, test_labels
     )
-    test = _check("test_features", test_features, ndim=2)
-    test_y = _check(
-        "test_labels", test_labels, ndim=1, length=test.shape[0], length_of="test_features"
-    )
-    if test.shape[1] != train.shape[1]:
-        raise ValueError(
-            f"test_features has dim {test.shape[1]} but train_features has {train.shape[1]}"
-        )
     if torch.unique(train_y).numel() < 2:
         raise ValueError("train_labels must contain at least 2 classes")
     _check_positive("max_iter", max_iter, integer=True)

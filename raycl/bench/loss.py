@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from raycl.bench.measure import best_time, cpu_model, peak_memory
+from raycl.bench.measure import best_time, cpu_model, peak_memory, publish
 from raycl.losses import LOSSES, build_loss
 
 FAMILIES = ("infonce", "supcon", "tcl", "dhel", "kcl", "margin")
@@ -186,11 +186,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Run the benchmark, print the table, optionally save it."""
-    text = table(run(args), args)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write("# raycl bench loss\n\n" + text + "\n")
+    publish("loss", table(run(args), args), args.output)
 
 
 if __name__ == "__main__":

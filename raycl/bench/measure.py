@@ -58,3 +58,10 @@ def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 1) 
             torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def publish(bench: str, text: str, output: str | None) -> None:
+    """Print a benchmark's report and, with ``output``, write it there under a title."""
+    print(text)
+    if output:
+        Path(output).write_text(f"# raycl bench {bench}\n\n{text}\n")

@@ -12,7 +12,7 @@ import os
 import tempfile
 from datetime import date
 
-from raycl.bench.measure import cpu_model
+from raycl.bench.measure import cpu_model, publish
 from raycl.config import load_config
 
 
@@ -82,8 +82,4 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> None:
     """Run, print the table, optionally save it."""
-    text = table(run(args), args)
-    print(text)
-    if args.output:
-        with open(args.output, "w") as fh:
-            fh.write("# raycl bench train\n\n" + text + "\n")
+    publish("train", table(run(args), args), args.output)
