@@ -1,8 +1,14 @@
-"""Shared test fixtures: a tiny training recipe and a real local Ray cluster."""
+"""Shared test helpers: a tiny training recipe, a real local Ray cluster, and a spawned
+process group whose ranks save their results."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import pytest
+import torch
+import torch.multiprocessing as mp
 
 # Two epochs of two steps each, kNN only: enough to exercise a real trial end to end.
 TINY_TRAINING = [
@@ -21,3 +27,12 @@ def ray_cluster():
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
+
+
+def spawn_world(worker: Callable, tmp: Path, world: int) -> list[dict]:
+    """Run ``worker(rank, init_file, out_dir)`` in ``world`` processes (one thread each) and
+    return what each rank saved as ``out_dir/rank{r}.pt``."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("OMP_NUM_THREADS", "1")
+        mp.spawn(worker, args=(str(tmp / "init"), str(tmp)), nprocs=world, join=True)
+    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]

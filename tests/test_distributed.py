@@ -15,7 +15,6 @@ from typing import NamedTuple
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -30,6 +29,7 @@ from raycl.distributed import (
     world_size,
 )
 from raycl.losses import LOSSES, build_loss, flatten_batch
+from tests.conftest import spawn_world
 
 WORLD = 2
 N_ITEMS = 8  # global items; each rank holds N_ITEMS // WORLD
@@ -202,11 +202,7 @@ def _run_unequal(r: int) -> list[str]:
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     """Every worker's results; one 2-process spawn for the whole module."""
-    tmp = tmp_path_factory.mktemp("dist")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("OMP_NUM_THREADS", "1")
-        mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_world(_worker, tmp_path_factory.mktemp("dist"), WORLD)
 
 
 def reference(case: Case) -> dict:

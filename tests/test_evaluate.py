@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
@@ -26,6 +25,7 @@ from raycl.evaluate import (
     shard_bounds,
 )
 from raycl.models import build_model
+from tests.conftest import spawn_world
 
 WORLD = 2
 N_DIST = 201  # not divisible by WORLD: shards of 101 and 100 items
@@ -255,11 +255,7 @@ def _worker(r: int, init_file: str, out_dir: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("eval_dist")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("OMP_NUM_THREADS", "1")
-        mp.spawn(_worker, args=(str(tmp / "init"), str(tmp)), nprocs=WORLD, join=True)
-    return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    return spawn_world(_worker, tmp_path_factory.mktemp("eval_dist"), WORLD)
 
 
 def _assert_same(got: tuple, want: tuple) -> None:
