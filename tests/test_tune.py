@@ -48,12 +48,28 @@ def test_search_bookkeeping():
     assert runs[0].reach(95.9) == (Reach(3, True), Reach(18, True))
     assert runs[2].reach(95.9) == (Reach(2, False), Reach(7, False))
     assert runs[1].best_so_far() == [91.0, 92.0, 96.4, 96.4]
-    text, best = summarise(runs, ["cd", "random", "asha"], tolerance=0.5)
-    assert best == 96.4
+    text = summarise(runs, ["cd", "random", "asha"], tolerance=0.5)
+    assert "over all searches (96.40)" in text
     assert "| cd | 1/1 | 3 | 18 | 96.00 | 3 |" in text
     assert "| asha | 0/1 | > 2 (not reached) | > 7 (not reached) | 93.00 | 2 |" in text
     assert "CD trials ≤ ⅓ of random search's: not met (ratio 1.00)" in text
     assert "CD epochs ≤ ½ of ASHA's: undetermined (ratio < 2.57" in text
+
+
+def test_per_seed_targets_follow_each_seeds_best():
+    runs = [
+        Trajectory("cd", 0, [96.0], [5], {}),
+        Trajectory("random", 0, [95.0, 96.4], [5, 10], {}),
+        Trajectory("cd", 1, [90.0, 91.0], [5, 10], {}),
+        Trajectory("random", 1, [89.0], [5], {}),
+    ]
+    text = summarise(runs, ["cd", "random"], tolerance=0.5, per_seed=True)
+    assert "within its seed (96.40, 91.00)" in text
+    # Seed 0's CD reaches 95.9 at trial 1, seed 1's reaches 90.5 at trial 2: upper median 2.
+    assert "| cd | 2/2 | 2 | 10 |" in text
+    assert "| random | 1/2 | > 1 (not reached) | > 5 (not reached) |" in text
+    global_text = summarise(runs, ["cd", "random"], tolerance=0.5)
+    assert "| cd | 1/2 | > 2 (not reached) |" in global_text
 
 
 def test_median_search_counts_searches_that_never_reached_the_target_as_last():

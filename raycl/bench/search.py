@@ -144,12 +144,26 @@ def run(
     return runs
 
 
-def summarise(runs: list[Trajectory], methods: list[str], tolerance: float) -> tuple[str, float]:
-    """The markdown results table, the verdict on the targets and the global best metric."""
-    best = max(max(r.metrics) for r in runs)
-    target = best - tolerance
+def summarise(
+    runs: list[Trajectory], methods: list[str], tolerance: float, per_seed: bool = False
+) -> str:
+    """The markdown results table and the verdict on the targets.
+
+    The target is ``tolerance`` points below the best metric any method found: over all
+    searches, or (``per_seed``) over the searches of the same seed, which share the seed's
+    initialisations and augmentations and so its offset.
+    """
+    best = {
+        seed: max(max(r.metrics) for r in runs if not per_seed or r.seed == seed)
+        for seed in {r.seed for r in runs}
+    }
+    scope = (
+        "within its seed (" + ", ".join(f"{b:.2f}" for _, b in sorted(best.items())) + ")"
+        if per_seed
+        else f"over all searches ({max(best.values()):.2f})"
+    )
     lines = [
-        f"Target: within {tolerance} points of the best metric any method found ({best:.2f}).",
+        f"Target: within {tolerance} points of the best metric any method found {scope}.",
         "",
         "| method | runs reaching target | median trials to target | median epochs to target "
         "| median best at budget | median trials run |",
@@ -158,7 +172,7 @@ def summarise(runs: list[Trajectory], methods: list[str], tolerance: float) -> t
     trials, epochs = {}, {}
     for method in methods:
         mine = [r for r in runs if r.method == method]
-        reached = [r.reach(target) for r in mine]
+        reached = [r.reach(best[r.seed] - tolerance) for r in mine]
         trials[method] = median_reach([t for t, _ in reached])
         epochs[method] = median_reach([e for _, e in reached])
         hits = sum(t.reached for t, _ in reached)
@@ -174,7 +188,7 @@ def summarise(runs: list[Trajectory], methods: list[str], tolerance: float) -> t
             f"- CD trials ≤ ⅓ of random search's: {verdict(trials['cd'], trials['random'], 1 / 3)}",
             f"- CD epochs ≤ ½ of ASHA's: {verdict(epochs['cd'], epochs['asha'], 1 / 2)}",
         ]
-    return "\n".join(lines), best
+    return "\n".join(lines)
 
 
 def plot(runs: list[Trajectory], methods: list[str], path: Path) -> None:
@@ -246,7 +260,10 @@ def main(args: argparse.Namespace) -> None:
         methods_by_seed.setdefault(r.seed, set()).add(r.method)
     seeds = sorted(seed for seed, done in methods_by_seed.items() if set(args.methods) <= done)
     runs = [r for r in runs if r.seed in seeds]  # complete seeds only: every method ran
-    text, _ = summarise(runs, args.methods, args.tolerance)
+    text = "\n\n".join(
+        f"### {title}\n\n{summarise(runs, args.methods, args.tolerance, per_seed)}"
+        for title, per_seed in (("Global target", False), ("Per-seed target", True))
+    )
     header = (
         f"Date {date.today()}; {len(seeds)} seeds per method; budget {args.budget_epochs} "
         f"epochs per search; {args.epochs} epochs per full trial; overrides: "
