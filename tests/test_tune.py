@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from raycl.bench.search import Reach, Trajectory, median_reach, summarise, verdict
+from raycl.bench.search import (
+    Reach,
+    Trajectory,
+    median_reach,
+    recheck_table,
+    summarise,
+    verdict,
+)
 from raycl.config import ConfigError, load_config
 from tests.conftest import TINY_TRAINING
 
@@ -79,6 +86,20 @@ def test_median_search_counts_searches_that_never_reached_the_target_as_last():
     assert verdict(Reach(3, True), Reach(10, False), 1 / 3).startswith("met (ratio < 0.30")
     assert verdict(Reach(3, True), Reach(9, True), 1 / 3) == "met (ratio 0.33)"
     assert verdict(Reach(3, False), Reach(9, True), 1 / 3).startswith("not met")
+
+
+def test_recheck_table_reports_each_search_and_the_noise():
+    runs = [
+        Trajectory("cd", 0, [90.0], [5], {}, rechecked=[91.0, 93.0]),
+        Trajectory("cd", 1, [90.0], [5], {}, rechecked=[89.0, 89.0]),
+        Trajectory("random", 0, [90.0], [5], {}, rechecked=[88.0, 90.0]),
+    ]
+    text = recheck_table(runs, ["cd", "random", "asha"])
+    assert "2 fresh seeds" in text
+    assert "(pooled): 0.82 points" in text  # sqrt(mean(1, 0, 1))
+    assert "| cd | 90.50 | 92.00, 89.00 |" in text
+    assert "| random | 89.00 | 89.00 |" in text
+    assert "asha" not in text
 
 
 @pytest.mark.slow

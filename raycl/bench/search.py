@@ -4,9 +4,10 @@ Each method runs the same search (same space, trainable and budget in epochs) on
 on real (short) trainings. Trials are put in the order they finished; a trial's value is its
 last reported metric, its cost the epochs it trained. Reported per method (median over
 seeds): trials and epochs until a trial came within ``--tolerance`` points of the best metric
-any method found, and the best metric at the end of the budget; plus a PNG of best-so-far
-against epochs.
-"""
+any method found (over all searches, and within each seed), the best metric at the end of
+the budget, and each search's best configuration retrained on fresh seeds (what the search
+recommends, without the luck that made it the best of its trials); plus a PNG of
+best-so-far against epochs."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import date
 from pathlib import Path
+
+from omegaconf import DictConfig
 
 from raycl.config import load_config
 
@@ -62,6 +65,7 @@ class Trajectory:
     metrics: list[float]
     epochs: list[int]
     best_config: dict
+    rechecked: list[float] | None = None  # the best config retrained on fresh seeds
 
     def reach(self, target: float) -> tuple[Reach, Reach]:
         """(trials, epochs) until the first trial at or above ``target``."""
@@ -100,36 +104,38 @@ def load(raw: Path) -> list[Trajectory]:
     return [Trajectory(**json.loads(line)) for line in raw.read_text().splitlines()]
 
 
+def search_config(args: argparse.Namespace, method: str, seed: int, name: str) -> DictConfig:
+    """The ``tune`` config of one benchmark search (budget in epochs only)."""
+    return load_config(
+        [
+            f"search={method}",
+            f"seed={seed}",
+            f"search.budget_epochs={args.budget_epochs}",
+            "search.budget_trials=null",
+            f"name={name}",
+            f"storage_path={args.storage_path}",
+            f"epochs={args.epochs}",
+            *args.overrides,
+        ],
+        config_name="tune",
+    )
+
+
 def run(
     args: argparse.Namespace, raw: Path | None = None, done: Sequence[Trajectory] = ()
 ) -> list[Trajectory]:
-    """Every (method, seed) search not in ``done``, one after the other on the same Ray
+    """Every (method, seed) search not in ``done``, one after the other on the connected Ray
     cluster; each finished search is appended to ``raw`` (JSON lines) at once, so partial
     runs count."""
-    import ray
-
     from raycl.search.tuner import run_search
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     runs = list(done)
     finished = {(r.method, r.seed) for r in done}
     for seed in range(args.seeds):
         for method in args.methods:
             if (method, seed) in finished:
                 continue
-            cfg = load_config(
-                [
-                    f"search={method}",
-                    f"seed={seed}",
-                    f"search.budget_epochs={args.budget_epochs}",
-                    "search.budget_trials=null",
-                    f"name=bench-{method}-seed{seed}",
-                    f"storage_path={args.storage_path}",
-                    f"epochs={args.epochs}",
-                    *args.overrides,
-                ],
-                config_name="tune",
-            )
+            cfg = search_config(args, method, seed, f"bench-{method}-seed{seed}")
             outcome = run_search(cfg)
             runs.append(trajectory(outcome, method, seed, cfg.search.metric))
             if raw is not None:
@@ -140,8 +146,48 @@ def run(
                 f"over {len(runs[-1].metrics)} trials",
                 flush=True,
             )
-    ray.shutdown()
     return runs
+
+
+def recheck(runs: list[Trajectory], args: argparse.Namespace) -> None:
+    """Retrain each search's best configuration from scratch on ``--recheck-seeds`` fresh
+    seeds (one Tune experiment, each distinct configuration once per seed) and store the
+    metrics in ``rechecked``: the quality of what a search recommends, without the luck of
+    the draw that made it the best of its own trials."""
+    from ray import tune
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from raycl.search.searcher import SEED_KEY
+    from raycl.search.tuner import make_trainable
+
+    def key(config: dict) -> tuple:
+        return tuple(sorted((k, v) for k, v in config.items() if k != SEED_KEY))
+
+    todo = [r for r in runs if r.rechecked is None]
+    if not todo or args.recheck_seeds < 1:
+        return
+    fresh = [1000 + i for i in range(args.recheck_seeds)]
+    points = [
+        {**dict(c), SEED_KEY: s} for c in sorted({key(r.best_config) for r in todo}) for s in fresh
+    ]
+    cfg = search_config(args, "random", 0, "bench-recheck")
+    results = tune.Tuner(
+        make_trainable(cfg),
+        # The points' keys must be in the space; their values are the only choices.
+        param_space={k: tune.choice(sorted({p[k] for p in points})) for k in points[0]},
+        tune_config=tune.TuneConfig(
+            search_alg=BasicVariantGenerator(points_to_evaluate=points),
+            num_samples=len(points),
+            max_concurrent_trials=cfg.search.max_concurrent_trials,
+        ),
+        run_config=tune.RunConfig(name=cfg.name, storage_path=args.storage_path, verbose=1),
+    ).fit()
+    scores: dict[tuple, list[float]] = {}
+    for result in results:
+        if result.metrics and cfg.search.metric in result.metrics:
+            scores.setdefault(key(result.config), []).append(result.metrics[cfg.search.metric])
+    for r in todo:
+        r.rechecked = scores.get(key(r.best_config))
 
 
 def summarise(
@@ -188,6 +234,29 @@ def summarise(
             f"- CD trials ≤ ⅓ of random search's: {verdict(trials['cd'], trials['random'], 1 / 3)}",
             f"- CD epochs ≤ ½ of ASHA's: {verdict(epochs['cd'], epochs['asha'], 1 / 2)}",
         ]
+    return "\n".join(lines)
+
+
+def recheck_table(runs: list[Trajectory], methods: list[str]) -> str:
+    """Markdown: each method's best configurations retrained on fresh seeds, and the
+    seed-to-seed spread of one configuration (pooled), the noise a search works against."""
+    done = [r for r in runs if r.rechecked]
+    if not done:
+        return "No best configuration was retrained (`--recheck-seeds 0`)."
+    spread = statistics.mean(statistics.pvariance(r.rechecked) for r in done) ** 0.5
+    lines = [
+        f"Each search's best configuration retrained from scratch on "
+        f"{len(done[0].rechecked)} fresh seeds (mean); seed-to-seed standard deviation of one "
+        f"configuration (pooled): {spread:.2f} points.",
+        "",
+        "| method | median over searches | each search (seed 0, 1, …) |",
+        "|---|---|---|",
+    ]
+    for method in methods:
+        means = [statistics.mean(r.rechecked) for r in done if r.method == method]
+        if means:
+            each = ", ".join(f"{m:.2f}" for m in means)
+            lines.append(f"| {method} | {statistics.median(means):.2f} | {each} |")
     return "\n".join(lines)
 
 
@@ -238,6 +307,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="keep the searches already in the JSON beside --output; run only the missing ones",
     )
+    parser.add_argument(
+        "--recheck-seeds",
+        type=int,
+        default=3,
+        help="retrain each search's best configuration on this many fresh seeds (0: skip)",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every search")
 
 
@@ -251,18 +326,32 @@ def main(args: argparse.Namespace) -> None:
     if args.report_only:
         runs = load(raw)
     else:
+        import ray
+
         done = load(raw) if args.resume else []
         if raw is not None and not args.resume:
             raw.unlink(missing_ok=True)
-        runs = run(args, raw, done)
+        ray.init(address="local", include_dashboard=False, log_to_driver=False)
+        try:
+            runs = run(args, raw, done)
+            recheck(runs, args)
+        finally:
+            ray.shutdown()
+        if raw is not None:
+            raw.write_text("".join(json.dumps(asdict(r), default=str) + "\n" for r in runs))
     methods_by_seed: dict[int, set[str]] = {}
     for r in runs:
         methods_by_seed.setdefault(r.seed, set()).add(r.method)
     seeds = sorted(seed for seed, done in methods_by_seed.items() if set(args.methods) <= done)
     runs = [r for r in runs if r.seed in seeds]  # complete seeds only: every method ran
     text = "\n\n".join(
-        f"### {title}\n\n{summarise(runs, args.methods, args.tolerance, per_seed)}"
-        for title, per_seed in (("Global target", False), ("Per-seed target", True))
+        [
+            *(
+                f"### {title}\n\n{summarise(runs, args.methods, args.tolerance, per_seed)}"
+                for title, per_seed in (("Global target", False), ("Per-seed target", True))
+            ),
+            f"### Best configurations, retrained\n\n{recheck_table(runs, args.methods)}",
+        ]
     )
     header = (
         f"Date {date.today()}; {len(seeds)} seeds per method; budget {args.budget_epochs} "
