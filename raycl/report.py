@@ -45,7 +45,7 @@ def print_search_summary(outcome: SearchOutcome, cfg: DictConfig) -> None:
     table.add_column("value", justify="right")
     for key, value in sorted(outcome.best_config.items()):
         table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
-    for key in (metric, "loss", "loss_pos", "loss_ent", "training_iteration"):
+    for key in (metric, "loss", "loss_pos", "loss_ent", "training_iteration", "trials"):
         if key in outcome.best_metrics:
             table.add_row(key, f"{outcome.best_metrics[key]:.4g}")
     console = Console()

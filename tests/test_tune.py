@@ -102,6 +102,30 @@ def test_recheck_table_reports_each_search_and_the_noise():
     assert "asha" not in text
 
 
+def test_best_point_averages_a_configurations_seeds():
+    from types import SimpleNamespace as Result
+
+    from raycl.search.tuner import best_point
+
+    def trial(t, seed, knn, error=None):
+        config = {"raycl_search": "cd", "loss.temperature": t, "seed": seed}
+        return Result(config=config, metrics={"knn_top1": knn, "loss": 1.0}, error=error)
+
+    results = [
+        trial(0.1, 0, 95.0),  # the luckiest single trial ...
+        trial(0.1, 1, 85.0),  # ... of a point whose mean is 90
+        trial(0.2, 0, 92.0),
+        trial(0.2, 1, 91.0),  # the best point: mean 91.5
+        trial(0.4, 0, 99.0, error=RuntimeError("died")),  # errored trials never count
+    ]
+    config, metrics = best_point(results, "knn_top1", "max")
+    assert config == {"loss.temperature": 0.2}
+    assert metrics == {"knn_top1": 91.5, "loss": 1.0, "trials": 2}
+    assert best_point(results, "knn_top1", "min")[0] == {"loss.temperature": 0.1}
+    with pytest.raises(RuntimeError, match=r"no trial reported search\.metric 'accuracy'"):
+        best_point(results, "accuracy", "max")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["cd", "random", "asha"])
 def test_real_search_with_each_method(ray_cluster, tmp_path, method):

@@ -15,6 +15,8 @@ over all trials, so methods compare at equal compute.
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,6 +155,33 @@ def build_tuner(cfg: DictConfig):
     return tuner, searcher if isinstance(searcher, CoordinateDescentSearcher) else None
 
 
+def best_point(results: Iterable[Any], metric: str, mode: str) -> tuple[dict, dict]:
+    """The best configuration and its metrics, from trials' last reports.
+
+    Trials of one configuration with different seeds (CD's ``repeats``) form one point, scored
+    by the mean of their ``metric``; its metrics are the means over those trials, plus
+    ``trials``. With one trial per configuration this is Tune's best trial.
+    """
+    points: dict[tuple, list[dict[str, Any]]] = {}
+    for result in results:
+        if result.error is None and result.metrics and metric in result.metrics:
+            config = {k: v for k, v in result.config.items() if k not in ("raycl_search", SEED_KEY)}
+            points.setdefault(tuple(sorted(config.items())), []).append(result.metrics)
+    if not points:
+        raise RuntimeError(f"no trial reported search.metric {metric!r}")
+    sign = 1.0 if mode == "max" else -1.0
+    key, reports = max(
+        points.items(), key=lambda item: sign * statistics.mean(r[metric] for r in item[1])
+    )
+    numeric = [
+        k for k, v in reports[0].items() if isinstance(v, int | float) and not isinstance(v, bool)
+    ]
+    means = {
+        k: statistics.mean(r[k] for r in reports) for k in numeric if all(k in r for r in reports)
+    }
+    return dict(key), {**means, "trials": len(reports)}
+
+
 def run_search(cfg: DictConfig) -> SearchOutcome:
     """Run (or, with ``search.resume=true``, resume) the search and return its outcome."""
     import json
@@ -172,14 +201,14 @@ def run_search(cfg: DictConfig) -> SearchOutcome:
     else:
         tuner, searcher = build_tuner(cfg)
     results = tuner.fit()
-    best = results.get_best_result(metric=cfg.search.metric, mode=cfg.search.mode, scope="last")
+    best_config, best_metrics = best_point(results, cfg.search.metric, cfg.search.mode)
     moves = searcher.path if searcher is not None else None
     if moves is not None and "://" not in experiment:
         Path(experiment, SEARCHER_PATH_FILE).write_text(json.dumps(moves, default=str))
     return SearchOutcome(
         results=results,
-        best_config={k: v for k, v in best.config.items() if k != "raycl_search"},
-        best_metrics=dict(best.metrics or {}),
+        best_config=best_config,
+        best_metrics=best_metrics,
         path=experiment,
         searcher_path=moves,
     )
