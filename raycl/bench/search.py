@@ -122,30 +122,29 @@ def search_config(args: argparse.Namespace, method: str, seed: int, name: str) -
 
 
 def run(
-    args: argparse.Namespace, raw: Path | None = None, done: Sequence[Trajectory] = ()
+    args: argparse.Namespace,
+    todo: list[tuple[str, int]],
+    raw: Path | None = None,
+    done: Sequence[Trajectory] = (),
 ) -> list[Trajectory]:
-    """Every (method, seed) search not in ``done``, one after the other on the connected Ray
-    cluster; each finished search is appended to ``raw`` (JSON lines) at once, so partial
-    runs count."""
+    """``done`` plus the (method, seed) searches in ``todo``, run one after the other on the
+    connected Ray cluster; each finished search is appended to ``raw`` (JSON lines) at once,
+    so partial runs count."""
     from raycl.search.tuner import run_search
 
     runs = list(done)
-    finished = {(r.method, r.seed) for r in done}
-    for seed in range(args.seeds):
-        for method in args.methods:
-            if (method, seed) in finished:
-                continue
-            cfg = search_config(args, method, seed, f"bench-{method}-seed{seed}")
-            outcome = run_search(cfg)
-            runs.append(trajectory(outcome, method, seed, cfg.search.metric))
-            if raw is not None:
-                with raw.open("a") as fh:
-                    fh.write(json.dumps(asdict(runs[-1]), default=str) + "\n")
-            print(
-                f"{method} seed {seed}: best {max(runs[-1].metrics):.2f} "
-                f"over {len(runs[-1].metrics)} trials",
-                flush=True,
-            )
+    for method, seed in todo:
+        cfg = search_config(args, method, seed, f"bench-{method}-seed{seed}")
+        outcome = run_search(cfg)
+        runs.append(trajectory(outcome, method, seed, cfg.search.metric))
+        if raw is not None:
+            with raw.open("a") as fh:
+                fh.write(json.dumps(asdict(runs[-1]), default=str) + "\n")
+        print(
+            f"{method} seed {seed}: best {max(runs[-1].metrics):.2f} "
+            f"over {len(runs[-1].metrics)} trials",
+            flush=True,
+        )
     return runs
 
 
@@ -328,17 +327,20 @@ def main(args: argparse.Namespace) -> None:
     else:
         import ray
 
-        done = load(raw) if args.resume else []
+        runs = load(raw) if args.resume else []
         if raw is not None and not args.resume:
             raw.unlink(missing_ok=True)
-        ray.init(address="local", include_dashboard=False, log_to_driver=False)
-        try:
-            runs = run(args, raw, done)
-            recheck(runs, args)
-        finally:
-            ray.shutdown()
-        if raw is not None:
-            raw.write_text("".join(json.dumps(asdict(r), default=str) + "\n" for r in runs))
+        finished = {(r.method, r.seed) for r in runs}
+        todo = [(m, s) for s in range(args.seeds) for m in args.methods if (m, s) not in finished]
+        if todo or (args.recheck_seeds > 0 and any(r.rechecked is None for r in runs)):
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            try:
+                runs = run(args, todo, raw, runs)
+                recheck(runs, args)
+            finally:
+                ray.shutdown()
+            if raw is not None:
+                raw.write_text("".join(json.dumps(asdict(r), default=str) + "\n" for r in runs))
     methods_by_seed: dict[int, set[str]] = {}
     for r in runs:
         methods_by_seed.setdefault(r.seed, set()).add(r.method)
