@@ -81,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     from raycl.bench import loss as bench_loss
     from raycl.bench import search as bench_search
     from raycl.bench import train as bench_train
+    from raycl.submit import DEFAULT_ADDRESS
 
     parser = argparse.ArgumentParser(
         prog="raycl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -106,7 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.set_defaults(run=_analyze)
 
     submit = commands.add_parser("submit", help="run train/tune on a Ray cluster as a Ray Job")
-    submit.add_argument("--address", default="http://127.0.0.1:8265", help="job API address")
+    submit.add_argument("--address", default=DEFAULT_ADDRESS, help="job API address")
     submit.add_argument("--token-file", help="auth token file (else RAY_AUTH_TOKEN, ...)")
     actions = submit.add_subparsers(dest="action", required=True)
     for action in ("train", "tune"):

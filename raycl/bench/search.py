@@ -104,6 +104,11 @@ def load(raw: Path) -> list[Trajectory]:
     return [Trajectory(**json.loads(line)) for line in raw.read_text().splitlines()]
 
 
+def as_line(run: Trajectory) -> str:
+    """One search as a JSON line, as :func:`load` reads it."""
+    return json.dumps(asdict(run), default=str) + "\n"
+
+
 def search_config(args: argparse.Namespace, method: str, seed: int, name: str) -> DictConfig:
     """The ``tune`` config of one benchmark search (budget in epochs only)."""
     return load_config(
@@ -139,7 +144,7 @@ def run(
         runs.append(trajectory(outcome, method, seed, cfg.search.metric))
         if raw is not None:
             with raw.open("a") as fh:
-                fh.write(json.dumps(asdict(runs[-1]), default=str) + "\n")
+                fh.write(as_line(runs[-1]))
         print(
             f"{method} seed {seed}: best {max(runs[-1].metrics):.2f} "
             f"over {len(runs[-1].metrics)} trials",
@@ -157,17 +162,16 @@ def recheck(runs: list[Trajectory], args: argparse.Namespace) -> None:
     from ray.tune.search.basic_variant import BasicVariantGenerator
 
     from raycl.search.searcher import SEED_KEY
-    from raycl.search.tuner import make_trainable
-
-    def key(config: dict) -> tuple:
-        return tuple(sorted((k, v) for k, v in config.items() if k != SEED_KEY))
+    from raycl.search.tuner import make_trainable, point_key
 
     todo = [r for r in runs if r.rechecked is None]
     if not todo or args.recheck_seeds < 1:
         return
     fresh = [1000 + i for i in range(args.recheck_seeds)]
     points = [
-        {**dict(c), SEED_KEY: s} for c in sorted({key(r.best_config) for r in todo}) for s in fresh
+        {**dict(c), SEED_KEY: s}
+        for c in sorted({point_key(r.best_config) for r in todo})
+        for s in fresh
     ]
     cfg = search_config(args, "random", 0, "bench-recheck")
     results = tune.Tuner(
@@ -184,9 +188,11 @@ def recheck(runs: list[Trajectory], args: argparse.Namespace) -> None:
     scores: dict[tuple, list[float]] = {}
     for result in results:
         if result.metrics and cfg.search.metric in result.metrics:
-            scores.setdefault(key(result.config), []).append(result.metrics[cfg.search.metric])
+            scores.setdefault(point_key(result.config), []).append(
+                result.metrics[cfg.search.metric]
+            )
     for r in todo:
-        r.rechecked = scores.get(key(r.best_config))
+        r.rechecked = scores.get(point_key(r.best_config))
 
 
 def summarise(
@@ -340,7 +346,7 @@ def main(args: argparse.Namespace) -> None:
             finally:
                 ray.shutdown()
             if raw is not None:
-                raw.write_text("".join(json.dumps(asdict(r), default=str) + "\n" for r in runs))
+                raw.write_text("".join(map(as_line, runs)))
     methods_by_seed: dict[int, set[str]] = {}
     for r in runs:
         methods_by_seed.setdefault(r.seed, set()).add(r.method)

@@ -30,6 +30,9 @@ from raycl.search.space import SearchSpace
 from raycl.train import connect_ray, run_training, storage_path, trainer_for
 
 SEARCHER_PATH_FILE = "cd_path.json"
+# A constant config entry CD trials carry: Tune hands a searcher its metric and mode only
+# with a non-empty param_space. Not a training setting.
+CD_MARKER = "raycl_search"
 
 
 @dataclass
@@ -120,8 +123,7 @@ def build_tuner(cfg: DictConfig):
             max_trials=search.budget_trials,
             seed=cfg.seed,
         )
-        # Tune hands the searcher its metric/mode only with a non-empty param_space.
-        param_space: dict[str, Any] = {"raycl_search": "cd"}
+        param_space: dict[str, Any] = {CD_MARKER: "cd"}
     else:
         searcher = BasicVariantGenerator(random_state=cfg.seed)
         param_space = {**space.to_tune_space(), SEED_KEY: cfg.seed}
@@ -155,6 +157,11 @@ def build_tuner(cfg: DictConfig):
     return tuner, searcher if isinstance(searcher, CoordinateDescentSearcher) else None
 
 
+def point_key(config: dict[str, Any]) -> tuple:
+    """A trial config's identity as a point of the space: its settings without the seed."""
+    return tuple(sorted((k, v) for k, v in config.items() if k not in (CD_MARKER, SEED_KEY)))
+
+
 def best_point(results: Iterable[Any], metric: str, mode: str) -> tuple[dict, dict]:
     """The best configuration and its metrics, from trials' last reports.
 
@@ -165,8 +172,7 @@ def best_point(results: Iterable[Any], metric: str, mode: str) -> tuple[dict, di
     points: dict[tuple, list[dict[str, Any]]] = {}
     for result in results:
         if result.error is None and result.metrics and metric in result.metrics:
-            config = {k: v for k, v in result.config.items() if k not in ("raycl_search", SEED_KEY)}
-            points.setdefault(tuple(sorted(config.items())), []).append(result.metrics)
+            points.setdefault(point_key(result.config), []).append(result.metrics)
     if not points:
         raise RuntimeError(f"no trial reported search.metric {metric!r}")
     sign = 1.0 if mode == "max" else -1.0
