@@ -30,6 +30,8 @@ class DataConfig:
     batch_size: int = 256  # items per worker; the loss sees num_views × this embeddings
     image_size: int | None = None
     num_train_classes: int | None = None
+    num_items: int | None = None  # generated data sets: training items (None: the default)
+    num_test_items: int | None = None  # generated data sets: test items (None: the default)
     loader_workers: int = 0
     supervised: bool = False  # give labels to the loss (positives = same class)
 

@@ -1,8 +1,9 @@
 """Encoders, projection heads and the two-output contrastive model.
 
-Every encoder maps images ``(N, C, H, W)`` to features ``(N, out_dim)`` and exposes
-``out_dim``. :class:`ContrastiveModel` adds a projection head; the loss sees the head's
-(unnormalised) embeddings, evaluation uses the encoder's features.
+Every encoder maps items ``(N, *item_shape)`` — images ``(N, C, H, W)``, or signals
+``(N, C, L)`` for 1-D encoders — to features ``(N, out_dim)`` and exposes ``out_dim`` and
+``item_dims`` (3 for images, 2 for signals). :class:`ContrastiveModel` adds a projection head;
+the loss sees the head's (unnormalised) embeddings, evaluation uses the encoder's features.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from torchvision import models
 
 __all__ = [
     "MODELS",
+    "Conv1DEncoder",
     "ContrastiveModel",
     "ProjectionHead",
     "SmallCNN",
@@ -45,6 +47,34 @@ class SmallCNN(nn.Module):
             nn.AdaptiveAvgPool2d(1),
             nn.Flatten(),
         )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class Conv1DEncoder(nn.Module):
+    """Three strided 1-D conv-BN-ReLU blocks, flattened (MNIST-1D's small CNN, plus BN).
+
+    Kernel 5 then 3 and 3, stride 2 each (40 samples -> 20 -> 10 -> 5 positions), ``width``
+    channels; an adaptive average pool to 5 positions keeps ``out_dim = 5 * width`` for any
+    signal length. Flattening keeps where along the signal a feature fired. BatchNorm makes
+    contrastive training on MNIST-1D far less seed-dependent (kNN seed SD ~3 -> ~1 point).
+    """
+
+    item_dims = 2
+
+    def __init__(
+        self, in_channels: int = 1, width: int = 64, positions: int = 5, batch_norm: bool = True
+    ) -> None:
+        super().__init__()
+        self.out_dim = positions * width
+        layers: list[nn.Module] = []
+        for i, kernel in enumerate((5, 3, 3)):
+            layers.append(nn.Conv1d(width if i else in_channels, width, kernel, 2, kernel // 2))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(width))
+            layers.append(nn.ReLU(inplace=True))
+        self.net = nn.Sequential(*layers, nn.AdaptiveAvgPool1d(positions), nn.Flatten())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -108,7 +138,8 @@ class ContrastiveModel(nn.Module):
 
     Input ``(N, C, H, W)`` gives ``(N, F)`` features and ``(N, D)`` embeddings; multi-view
     input ``(B, V, C, H, W)`` is encoded as one batch of ``B * V`` images and comes back as
-    ``(B, V, F)`` and ``(B, V, D)``. Embeddings are not normalised (the loss does that).
+    ``(B, V, F)`` and ``(B, V, D)`` (likewise for 1-D encoders, whose items are ``(C, L)``).
+    Embeddings are not normalised (the loss does that).
     """
 
     def __init__(self, encoder: nn.Module, head: nn.Module) -> None:
@@ -117,15 +148,16 @@ class ContrastiveModel(nn.Module):
         self.head = head
         self.out_dim: int = encoder.out_dim
         self.embed_dim: int = head.out_dim
+        self.item_dims: int = getattr(encoder, "item_dims", 3)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        lead = x.shape[:-3]
-        features = self.encoder(x.flatten(0, -4))
+        lead = x.shape[: x.dim() - self.item_dims]
+        features = self.encoder(x.flatten(0, -1 - self.item_dims))
         embeddings = self.head(features)
         return features.unflatten(0, lead), embeddings.unflatten(0, lead)
 
 
-MODELS = ("small_cnn", *_RESNETS)
+MODELS = ("small_cnn", "conv1d", *_RESNETS)
 
 
 def build_model(
@@ -141,13 +173,15 @@ def build_model(
 ) -> ContrastiveModel:
     """Build encoder ``name`` (one of :data:`MODELS`) plus its projection head.
 
-    ``width`` applies to ``small_cnn``, ``cifar_stem`` to the ResNets. The head's hidden
-    width defaults to the encoder's ``out_dim``.
+    ``width`` applies to ``small_cnn`` and ``conv1d`` (1-D signals), ``cifar_stem`` to the
+    ResNets. The head's hidden width defaults to the encoder's ``out_dim``.
     """
     if name not in MODELS:
         raise ValueError(f"model.name must be one of {list(MODELS)}, got {name!r}")
     if name == "small_cnn":
         encoder: nn.Module = SmallCNN(in_channels, width)
+    elif name == "conv1d":
+        encoder = Conv1DEncoder(in_channels, width)
     else:
         encoder = resnet(name, cifar_stem=cifar_stem, in_channels=in_channels)
     head = ProjectionHead(

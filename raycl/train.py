@@ -78,6 +78,8 @@ def run_training(config: dict[str, Any], session: Session) -> None:
         download=data["download"],
         image_size=data["image_size"],
         num_train_classes=data["num_train_classes"],
+        num_items=data["num_items"],
+        num_test_items=data["num_test_items"],
     )
     loader = DataLoader(
         bundle.train_contrastive,

@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, VisionDataset
 
 from raycl.data.digits import DigitsDataset
+from raycl.data.mnist1d import MNIST1DDataset, Mnist1dSpec, SignalAugment
 from raycl.data.parquet import ParquetImageDataset, read_ray_dataset, write_parquet_dataset
 from raycl.data.transforms import (
     MultiViewTransform,
@@ -31,6 +32,7 @@ __all__ = [
     "ClassSplitImageFolder",
     "DatasetBundle",
     "DigitsDataset",
+    "MNIST1DDataset",
     "MultiViewTransform",
     "ParquetImageDataset",
     "build_datasets",
@@ -62,6 +64,8 @@ class _Request:
     download: bool
     image_size: int | None
     num_train_classes: int | None
+    num_items: int | None
+    num_test_items: int | None
 
     def require_root(self) -> Path:
         if self.root is None:
@@ -105,7 +109,7 @@ _CIFAR100 = replace(_CIFAR10, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564
 # open_split(split, transform) opens one of three splits: "contrastive" (training data with
 # multi-view augmentation), "train" and "test" (evaluation transform). For every source but
 # STL-10 (which adds its unlabeled images) "contrastive" reads the same files as "train".
-_OpenSplit = Callable[[str, Callable], Dataset]
+_OpenSplit = Callable[[str, Callable | None], Dataset]
 _SOURCE_SPLIT = {"contrastive": "train", "train": "train", "test": "test"}
 
 
@@ -113,7 +117,7 @@ def _assemble(
     request: _Request,
     open_split: _OpenSplit,
     train_transform: Callable,
-    test_transform: Callable,
+    test_transform: Callable | None,
 ) -> tuple[Dataset, Dataset, Dataset]:
     views = MultiViewTransform(train_transform, request.num_views)
     return (
@@ -131,6 +135,29 @@ def _digits(request: _Request) -> DatasetBundle:
         eval_transform(),
     )
     return DatasetBundle(*datasets, num_classes=10, in_channels=1)
+
+
+def _mnist1d(request: _Request) -> DatasetBundle:
+    """MNIST-1D, generated locally; with ``num_train_classes`` the class-disjoint split."""
+    spec = Mnist1dSpec(
+        num_train=request.num_items or Mnist1dSpec.num_train,
+        num_test=request.num_test_items or Mnist1dSpec.num_test,
+    )
+    train_classes = test_classes = None
+    if request.num_train_classes is not None:
+        n = request.num_train_classes
+        if not 0 < n < 10:
+            raise ValueError(f"data.num_train_classes must be in [1, 9] for mnist1d, got {n}")
+        train_classes, test_classes = list(range(n)), list(range(n, 10))
+    cache = request.root
+
+    def open_split(split: str, transform: Callable | None) -> Dataset:
+        source = _SOURCE_SPLIT[split]
+        classes = train_classes if source == "train" else test_classes
+        return MNIST1DDataset(source, spec, transform, classes, cache)
+
+    datasets = _assemble(request, open_split, SignalAugment(), None)
+    return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=1)
 
 
 def _torchvision(
@@ -201,6 +228,7 @@ _STL10_SPLITS = {
 
 DATASETS: dict[str, Callable[[_Request], DatasetBundle]] = {
     "digits": _digits,
+    "mnist1d": _mnist1d,
     "cifar10": partial(_torchvision, CIFAR10, _CIFAR_SPLITS, _CIFAR10, 10),
     "cifar100": partial(_torchvision, CIFAR100, _CIFAR_SPLITS, _CIFAR100, 100),
     "stl10": partial(_torchvision, STL10, _STL10_SPLITS, _STL10, 10),
@@ -220,12 +248,18 @@ def build_datasets(
     download: bool = False,
     image_size: int | None = None,
     num_train_classes: int | None = None,
+    num_items: int | None = None,
+    num_test_items: int | None = None,
 ) -> DatasetBundle:
     """Build ``(train_contrastive, train_eval, test_eval, num_classes, in_channels)``.
 
     ``name`` is one of :data:`DATASETS`:
 
     * ``digits``: scikit-learn digits, embedded, 1x8x8 (``root`` unused).
+    * ``mnist1d``: MNIST-1D generated locally, 1x40 signals; ``num_items`` training and
+      ``num_test_items`` test signals (default 5,000 and 10,000), cached under ``root``
+      (default ``~/.cache/raycl/mnist1d``); ``num_train_classes`` gives the class-disjoint
+      split (train on the first classes, test on the rest).
     * ``cifar10``, ``cifar100``: torchvision's python pickles under ``root``, 32x32.
     * ``stl10``: torchvision's binaries under ``root``; contrastive training on
       train+unlabeled (label -1 for unlabeled images), evaluation on train/test; 96x96.
@@ -247,5 +281,7 @@ def build_datasets(
         download=download,
         image_size=image_size,
         num_train_classes=num_train_classes,
+        num_items=num_items,
+        num_test_items=num_test_items,
     )
     return DATASETS[name](request)
