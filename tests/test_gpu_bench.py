@@ -21,21 +21,24 @@ from raycl.bench.loss import measure_tile_matmuls
 from raycl.losses.tiled import tile_grid
 
 REPO = Path(__file__).resolve().parents[1]
-BLOCKER = '''
+BLOCKER = """
 import sys
+from importlib.machinery import PathFinder
 
 
-class _Blocked:
-    """The GPU machine has no Ray, Hydra or OmegaConf: importing them fails here too."""
+class _Absent(PathFinder):
+    \"\"\"Finds nothing of Ray, Hydra or OmegaConf, as on the GPU machine where they are not
+    installed: importing them raises ModuleNotFoundError, importlib.util.find_spec is None.\"\"\"
 
-    def find_spec(self, name, path=None, target=None):
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
         if name.partition(".")[0] in ("ray", "hydra", "omegaconf"):
-            raise ModuleNotFoundError(f"No module named {name!r} (blocked)")
-        return None
+            return None
+        return super().find_spec(name, path, target)
 
 
-sys.meta_path.insert(0, _Blocked())
-'''
+sys.meta_path[:] = [_Absent if finder is PathFinder else finder for finder in sys.meta_path]
+"""
 IMPORT_AND_TRAIN = """
 import json, sys
 for name in ("ray", "hydra", "omegaconf"):
@@ -62,8 +65,8 @@ print(json.dumps({"reports": session.reports, "loaded": loaded}))
 
 
 def blocked_env(tmp_path: Path) -> dict[str, str]:
-    """Environment of a subprocess where ``import ray|hydra|omegaconf`` raises ImportError
-    (a meta-path blocker in ``sitecustomize``) and this checkout's raycl comes first."""
+    """Environment of a subprocess where Ray, Hydra and OmegaConf cannot be found (a meta-path
+    finder in ``sitecustomize``) and this checkout's raycl comes first."""
     blocker = tmp_path / "blocker"
     blocker.mkdir()
     (blocker / "sitecustomize.py").write_text(BLOCKER)
