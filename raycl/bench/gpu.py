@@ -319,7 +319,8 @@ def time_training_steps(batch: int, steps: int, device: str) -> dict:
     peak = peak_memory(timed, dev)
     return {
         "items_per_s": steps * batch / timing["seconds"],
-        "seconds": timing["seconds"],
+        "steps": steps,
+        "step_seconds": timing["seconds"] / steps,
         "peak_bytes": resident + peak,
         "loss": timing["means"]["loss"],
     }
@@ -455,7 +456,7 @@ def environment(device: str, dry_run: bool) -> dict:
         ).stdout.splitlines()[0]
         env["gpu"], env["driver"], env["gpu_memory"] = (p.strip() for p in line.split(","))
     except (OSError, subprocess.SubprocessError, IndexError, ValueError):
-        env["gpu"] = env["driver"] = env["gpu_memory"] = "none (nvidia-smi unavailable)"
+        env["gpu"] = "none (nvidia-smi unavailable)"
     return env
 
 

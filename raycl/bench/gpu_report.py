@@ -28,10 +28,12 @@ def report(
             "GPU measurement and no target is judged.**",
             "",
         ]
+    gpu = env["gpu"]
+    if "driver" in env:
+        gpu += f" ({env['gpu_memory']}), driver {env['driver']}"
     lines += [
-        f"Date {env['date']}; GPU: {env['gpu']} ({env['gpu_memory']}), driver {env['driver']}; "
-        f"torch {env['torch']} (CUDA {env['cuda']}); Python {env['python']}; CPU {env['cpu']}; "
-        f"device `{env['device']}`.",
+        f"Date {env['date']}; GPU: {gpu}; torch {env['torch']} (CUDA {env['cuda']}); "
+        f"Python {env['python']}; CPU {env['cpu']}; device `{env['device']}`.",
         "",
         *_targets(records, plan, peak_limit, ratio_limit, env["dry_run"]),
         "## Stages",
@@ -230,16 +232,16 @@ def _train(records: list[dict]) -> list[str]:
         "training loop's epoch function on random 3×32×32 views (2 per item) resident on the "
         "device; peak = allocator peak including model, optimiser state and batch.",
         "",
-        "| batch (items) | items/s | step s | peak GB | loss |",
-        "|---|---|---|---|---|",
+        "| batch (items) | items/s | s per step | timed steps | peak GB | loss |",
+        "|---|---|---|---|---|---|",
     ]
     for r in (r for r in records if r.get("kind") == "resnet18"):
         if "error" in r:
-            lines.append(f"| {r['batch']:,} | stopped: {r['error']} | | | |")
+            lines.append(f"| {r['batch']:,} | stopped: {r['error']} | | | | |")
             continue
         lines.append(
-            f"| {r['batch']:,} | {r['items_per_s']:,.0f} | {r['seconds']:.3f} "
-            f"| {r['peak_bytes'] / GB:.2f} | {r['loss']:.4f} |"
+            f"| {r['batch']:,} | {r['items_per_s']:,.0f} | {r['step_seconds']:.3f} "
+            f"| {r['steps']} | {r['peak_bytes'] / GB:.2f} | {r['loss']:.4f} |"
         )
     return [*lines, ""]
 
