@@ -8,6 +8,7 @@
     raycl bench loss [OPTIONS]            tiled vs materialised losses vs the GEMM limit
     raycl bench train [OPTIONS]           training throughput, 1 vs 2 workers
     raycl bench search [OPTIONS]          CD vs random vs ASHA balance search, same budget
+    raycl bench gpu [OPTIONS]             the GPU path on one device (benchmarks/gpu/run.sh)
 
 Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_workers=8``.
 """
@@ -78,6 +79,7 @@ def _analyze(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
+    from raycl.bench import gpu as bench_gpu
     from raycl.bench import loss as bench_loss
     from raycl.bench import search as bench_search
     from raycl.bench import train as bench_train
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = benches.add_parser("search", help="CD vs random vs ASHA at equal compute")
     bench_search.add_arguments(search)
     search.set_defaults(run=bench_search.main)
+    gpu = benches.add_parser("gpu", help="correctness, loss, training, nccl on one GPU")
+    bench_gpu.add_arguments(gpu)
+    gpu.set_defaults(run=bench_gpu.main)
     return parser
 
 

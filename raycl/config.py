@@ -8,15 +8,12 @@ own signature.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+if TYPE_CHECKING:  # Hydra and OmegaConf are imported where used: the schema needs neither
+    from omegaconf import DictConfig
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -119,8 +116,17 @@ class TuneRunConfig(TrainConfig):
     space: dict[str, Any] = field(default_factory=dict)
 
 
-ConfigStore.instance().store(name="train_schema", node=TrainConfig)
-ConfigStore.instance().store(name="tune_schema", node=TuneRunConfig)
+def schema_defaults() -> dict[str, Any]:
+    """The training schema's defaults as a plain dict, without Hydra (no ``conf/`` YAML
+    applied): a :func:`raycl.train.run_training` config where Hydra is not installed."""
+    return asdict(TrainConfig())
+
+
+def _register_schema() -> None:
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="train_schema", node=TrainConfig)
+    ConfigStore.instance().store(name="tune_schema", node=TuneRunConfig)
 
 
 class ConfigError(ValueError):
@@ -131,6 +137,11 @@ def load_config(
     overrides: list[str] | None = None, config_name: str = "train", config_dir: Path | None = None
 ) -> DictConfig:
     """Compose ``conf/<config_name>.yaml`` with Hydra ``overrides`` and validate it."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    _register_schema()
     directory = Path(config_dir or CONF_DIR).resolve()
     if not directory.is_dir():
         raise ConfigError(f"config directory not found: {directory}")
@@ -146,6 +157,8 @@ def load_config(
 
 def validate(cfg: DictConfig) -> None:
     """Checks the schema cannot express: allowed values and ranges, loss parameters."""
+    from omegaconf import OmegaConf
+
     from raycl.losses import build_loss
 
     checks = [
@@ -175,6 +188,8 @@ SEARCH_METHODS = ("cd", "random", "asha")
 
 
 def _validate_search(cfg: DictConfig) -> None:
+    from omegaconf import OmegaConf
+
     from raycl.search import as_search_space
 
     search = cfg.search
@@ -200,6 +215,8 @@ def _validate_search(cfg: DictConfig) -> None:
 
 def search_space_dict(cfg: DictConfig) -> dict[str, dict[str, Any]]:
     """``cfg.space`` flattened to ``{dotted config key: coordinate spec}``."""
+    from omegaconf import OmegaConf
+
     flat: dict[str, dict[str, Any]] = {}
 
     def walk(node: dict[str, Any], prefix: str) -> None:
@@ -216,6 +233,8 @@ def search_space_dict(cfg: DictConfig) -> dict[str, dict[str, Any]]:
 
 def to_dict(cfg: DictConfig) -> dict[str, Any]:
     """A plain, resolved dict (what travels to Ray workers and into checkpoints)."""
+    from omegaconf import OmegaConf
+
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 

@@ -1,8 +1,10 @@
-"""Where a training loop runs: a Ray Train worker or a single-process Ray Tune trial.
+"""Where a training loop runs: a Ray Train worker, a single-process Ray Tune trial, or a
+plain process without Ray.
 
 The loop in :mod:`raycl.train` talks to a :class:`Session` only, so the same code trains on a
-multi-node Ray Train worker group (DDP, ``ray.train.report``) and inside a Tune trial in one
-process (``ray.tune.report``), which is how cheap search trials run.
+multi-node Ray Train worker group (DDP, ``ray.train.report``), inside a Tune trial in one
+process (``ray.tune.report``), which is how cheap search trials run, and in one process with
+no Ray installed (:class:`LocalSession`, used by ``raycl.bench.gpu``).
 """
 
 from __future__ import annotations
@@ -23,7 +25,11 @@ class Session(Protocol):
 
     def get_checkpoint(self) -> Any: ...
 
-    def report(self, metrics: dict[str, Any], checkpoint: Any = None, name: str | None = None): ...
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None
+    ):
+        """Report an epoch's metrics and the checkpoint written to ``checkpoint_dir`` (which
+        exists only during the call)."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
 
@@ -45,7 +51,10 @@ class RayTrainSession:
     def get_checkpoint(self) -> Any:
         return self._train.get_checkpoint()
 
-    def report(self, metrics: dict[str, Any], checkpoint: Any = None, name: str | None = None):
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None
+    ):
+        checkpoint = _ray_checkpoint(checkpoint_dir)
         self._train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
@@ -69,11 +78,44 @@ class TuneSession:
     def get_checkpoint(self) -> Any:
         return self._tune.get_checkpoint()
 
-    def report(self, metrics: dict[str, Any], checkpoint: Any = None, name: str | None = None):
-        self._tune.report(metrics, checkpoint=checkpoint)
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None
+    ):
+        self._tune.report(metrics, checkpoint=_ray_checkpoint(checkpoint_dir))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
     def prepare_data_loader(self, loader: DataLoader) -> DataLoader:
         return loader
+
+
+class LocalSession:
+    """One process without Ray: rank 0 of 1 on ``device``; the model is moved there, reported
+    metrics are kept in :attr:`reports`, checkpoints are not kept (every run starts fresh)."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
+        self.reports: list[dict[str, Any]] = []
+
+    def get_checkpoint(self) -> None:
+        return None
+
+    def report(
+        self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None
+    ):
+        self.reports.append(dict(metrics))
+
+    def prepare_model(self, model: nn.Module) -> nn.Module:
+        return model.to(self.device)
+
+    def prepare_data_loader(self, loader: DataLoader) -> DataLoader:
+        return loader
+
+
+def _ray_checkpoint(directory: str | None) -> Any:
+    import ray.train
+
+    return None if directory is None else ray.train.Checkpoint.from_directory(directory)

@@ -22,11 +22,10 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
 from torch.utils.data import DataLoader
 
 from raycl.config import to_dict
@@ -37,6 +36,9 @@ from raycl.losses import build_loss
 from raycl.models import build_model
 from raycl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from raycl.session import RayTrainSession, Session
+
+if TYPE_CHECKING:  # the worker side runs without Ray, Hydra or OmegaConf (raycl.bench.gpu)
+    from omegaconf import DictConfig
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
@@ -267,8 +269,6 @@ def _restore(checkpoint, model, optimizer, scheduler, rank: int) -> dict[str, An
 
 
 def _report(session, metrics, model, optimizer, scheduler, epoch, history, initial) -> None:
-    import ray.train
-
     rank = session.rank
     with tempfile.TemporaryDirectory() as directory:
         torch.save(
@@ -292,8 +292,7 @@ def _report(session, metrics, model, optimizer, scheduler, epoch, history, initi
             (Path(directory) / HISTORY_FILE).write_text(
                 json.dumps({"history": history, "initial": initial})
             )
-        checkpoint = ray.train.Checkpoint.from_directory(directory)
-        session.report(metrics, checkpoint, name=f"epoch-{epoch:05d}")
+        session.report(metrics, directory, name=f"epoch-{epoch:05d}")
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

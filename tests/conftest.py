@@ -1,5 +1,5 @@
-"""Shared test helpers: a tiny training recipe, a real local Ray cluster, and a spawned
-process group whose ranks save their results."""
+"""Shared test helpers: a tiny training recipe, a real local Ray cluster, a spawned process
+group whose ranks save their results; tests marked ``cuda`` skip where there is no CUDA."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ TINY_TRAINING = [
     "eval.linear_probe=false",
     "eval.knn_k=20",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``cuda`` are skipped where torch sees no CUDA device."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("cuda") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

@@ -102,7 +102,7 @@ def test_embed_multiview_items_and_bf16_flag_on_cpu():
     assert embeddings.dtype == torch.float32 and labels.shape == (12,)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_embed_cuda_bf16_autocast():
     model, data = small_model(), digits("test", 64)
     full = embed(model, data)

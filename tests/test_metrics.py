@@ -329,7 +329,7 @@ def test_bad_input_raises_value_error(case):
 # ------------------------------------------------------------------------------------ CUDA
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_inputs_match_cpu():
     x = _sphere(200, 16, seed=0)
     y = torch.randint(0, 4, (200,), generator=torch.Generator().manual_seed(1))

@@ -9,6 +9,8 @@ measures, each size in its own fresh process so peak memory is per size:
   (S = Z·Zᵀ, G·Z, Gᵀ·Z; computed blockwise so they fit in memory),
 
 and prints speed ratios against the baseline and the GEMM time measured in the same run.
+:func:`measure_tile_matmuls` times the matmuls the tiled engine itself does (its limit; used
+by ``raycl.bench.gpu``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 
 from raycl.bench.measure import best_time, cpu_model, peak_memory, publish
 from raycl.losses import LOSSES, build_loss
+from raycl.losses.tiled import default_block_size, tile_grid
 
 FAMILIES = ("infonce", "supcon", "tcl", "dhel", "kcl", "margin")
 # The materialised engine holds about this many float32 M×M matrices at its peak.
@@ -43,9 +46,18 @@ def _labels(num_items: int, device: torch.device) -> torch.Tensor:
 
 
 def measure_loss(
-    family: str, impl: str, size: int, dim: int, device: str, dtype: str, repeats: int = 1
+    family: str,
+    impl: str,
+    size: int,
+    dim: int,
+    device: str,
+    dtype: str,
+    repeats: int = 1,
+    warmup: int = 512,
 ) -> dict:
-    """Time and peak memory of one forward + backward (run inside a fresh process)."""
+    """Time and peak memory of one forward + backward (run inside a fresh process on the CPU;
+    on CUDA the allocator's peak is exact in-process). ``warmup``: rows of the untimed first
+    batch (allocator, kernels; on CUDA, two tiles' worth loads the tiles' kernels)."""
     dev, dt = torch.device(device), getattr(torch, dtype)
     loss = build_loss(family, impl=impl)
 
@@ -53,7 +65,7 @@ def measure_loss(
         labels = _labels(x.shape[1], dev) if loss.name == "supcon" else None
         loss(x, labels).total.backward()
 
-    step(_views(512, dim, dev, dt))  # warm-up (allocator, kernels) on a small batch
+    step(_views(warmup, dim, dev, dt))  # warm-up (allocator, kernels)
     x = _views(size, dim, dev, dt)
     timing: dict[str, float] = {}
 
@@ -76,6 +88,35 @@ def measure_gemms(size: int, dim: int, device: str, dtype: str, block: int = 204
             _ = sim.T @ rows
 
     return best_time(gemms, dev, repeats=2)
+
+
+def measure_tile_matmuls(
+    size: int, dim: int, device: str, dtype: str, block_size: int | None = None
+) -> float:
+    """Seconds for the matmuls alone of the tiled engine's symmetric forward + backward.
+
+    The same tiles (:func:`raycl.losses.tiled.tile_grid`), block size (default: the device's)
+    and dtype: per tile ``Z_r·Z_cᵀ`` forward, then ``Z_r·Z_cᵀ`` again, ``G·Z_c`` and
+    ``Gᵀ·Z_r`` backward (a tile-shaped stand-in for G) — about two M×M×d GEMMs. Whatever else
+    the engine does comes on top, so this is its time limit. Warm-up: two blocks' tiles.
+    """
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    block = block_size or default_block_size(dev)
+    z = torch.randn(size, dim, device=dev, dtype=dt)
+
+    def matmuls(tiles: list[tuple[int, int, int, int, bool]]) -> None:
+        for r0, r1, c0, c1, _ in tiles:
+            _ = z[r0:r1] @ z[c0:c1].T
+        for r0, r1, c0, c1, _ in tiles:
+            rows, cols = z[r0:r1], z[c0:c1]
+            grad = rows @ cols.T
+            _ = grad @ cols
+            _ = grad.T @ rows
+
+    warm = min(size, 2 * block)
+    matmuls(tile_grid(warm, warm, block, symmetric=True))
+    tiles = tile_grid(size, size, block, symmetric=True)
+    return best_time(lambda: matmuls(tiles), dev)
 
 
 def _in_fresh_process(kind: str, **kwargs: object) -> dict:

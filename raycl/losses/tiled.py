@@ -92,6 +92,23 @@ def reduce_rows_tiled(
     return results  # type: ignore[return-value]
 
 
+def tile_grid(
+    num_rows: int, num_cols: int, block: int, symmetric: bool
+) -> list[tuple[int, int, int, int, bool]]:
+    """The tiles the engine visits: ``(row start, row stop, col start, col stop, mirrored)``.
+
+    Symmetric: the tiles on and above the diagonal, off-diagonal ones ``mirrored`` (they also
+    serve their columns). Each visited tile costs one GEMM forward and three backward
+    (recompute, ``G·Z_cols``, ``Gᵀ·Z_rows``): two M×M×d GEMMs in all when symmetric.
+    """
+    tiles = []
+    for r0 in range(0, num_rows, block):
+        for c0 in range(r0 if symmetric else 0, num_cols, block):
+            r1, c1 = min(r0 + block, num_rows), min(c0 + block, num_cols)
+            tiles.append((r0, r1, c0, c1, symmetric and c0 != r0))
+    return tiles
+
+
 def _few_positives(rows: PairStructure, cols: PairStructure) -> bool:
     total = int(column_counts(rows, cols, "positives").sum())
     return total <= SPARSE_POSITIVES_PER_ROW * len(rows)
@@ -115,13 +132,7 @@ class _Plan:
 
     def tiles(self) -> list[tuple[int, int, int, int, bool]]:
         """``(row start, row stop, col start, col stop, mirrored)`` for every tile to visit."""
-        tiles = []
-        for r0 in range(0, len(self.rows), self.block):
-            c_first = r0 if self.symmetric else 0
-            for c0 in range(c_first, len(self.cols), self.block):
-                r1, c1 = min(r0 + self.block, len(self.rows)), min(c0 + self.block, len(self.cols))
-                tiles.append((r0, r1, c0, c1, self.symmetric and c0 != r0))
-        return tiles
+        return tile_grid(len(self.rows), len(self.cols), self.block, self.symmetric)
 
     def __post_init__(self) -> None:
         # Host copies of the keys, so each tile's masks can be planned without device syncs.
