@@ -1,13 +1,14 @@
 """``raycl`` command line.
 
     raycl train [HYDRA_OVERRIDES...]      train on Ray Train (default: digits, CPU)
-    raycl tune [HYDRA_OVERRIDES...]       balance search on Ray Tune (search=cd|random|asha)
+    raycl tune [HYDRA_OVERRIDES...]       balance search on Ray Tune (search=cd|random|asha|tpe|gp)
     raycl analyze EXPERIMENT... [--export F.parquet] [--plots DIR]   read Tune results
     raycl submit [--address A] train|tune [OVERRIDES...] [--follow]   run as a Ray Job
     raycl submit status|logs|stop JOB_ID, raycl submit list            job life cycle
     raycl bench loss [OPTIONS]            tiled vs materialised losses vs the GEMM limit
     raycl bench train [OPTIONS]           training throughput, 1 vs 2 workers
     raycl bench search [OPTIONS]          CD vs random vs ASHA balance search, same budget
+    raycl bench landscape [OPTIONS]       every lattice point of a search space, with seeds
     raycl bench gpu [OPTIONS]             the GPU path on one device (benchmarks/gpu/run.sh)
 
 Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_workers=8``.
@@ -30,11 +31,10 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from raycl.config import load_config
     from raycl.report import print_search_summary
-    from raycl.search.tuner import run_search
+    from raycl.search.tuner import load_tune_config, run_search
 
-    cfg = load_config(args.overrides, config_name="tune")
+    cfg = load_tune_config(args.overrides)
     print_search_summary(run_search(cfg), cfg)
 
 
@@ -80,6 +80,7 @@ def _analyze(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from raycl.bench import gpu as bench_gpu
+    from raycl.bench import landscape as bench_landscape
     from raycl.bench import loss as bench_loss
     from raycl.bench import search as bench_search
     from raycl.bench import train as bench_train
@@ -94,7 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. loss=tcl loss.k1=5000")
     train.set_defaults(run=_train)
 
-    tune = commands.add_parser("tune", help="balance search on Ray Tune (cd | random | asha)")
+    tune = commands.add_parser(
+        "tune", help="balance search on Ray Tune (cd, random, asha, tpe, gp)"
+    )
     tune.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search=cd loss=tcl")
     tune.set_defaults(run=_tune)
 
@@ -134,6 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench = benches.add_parser("train", help="training throughput for 1, 2, … workers")
     bench_train.add_arguments(train_bench)
     train_bench.set_defaults(run=bench_train.main)
+    landscape = benches.add_parser(
+        "landscape", help="train every lattice point of a search space (a tabular benchmark)"
+    )
+    bench_landscape.add_arguments(landscape)
+    landscape.set_defaults(run=bench_landscape.main)
     search = benches.add_parser("search", help="CD vs random vs ASHA at equal compute")
     bench_search.add_arguments(search)
     search.set_defaults(run=bench_search.main)

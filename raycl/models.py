@@ -14,8 +14,8 @@ from torchvision import models
 
 __all__ = [
     "MODELS",
-    "Conv1DEncoder",
     "ContrastiveModel",
+    "Conv1DEncoder",
     "ProjectionHead",
     "SmallCNN",
     "build_model",

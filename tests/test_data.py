@@ -325,3 +325,74 @@ def test_registry_errors() -> None:
         build_datasets("mnist")
     with pytest.raises(ValueError, match=r"data\.root is required"):
         build_datasets("cifar10")
+
+
+# -- MNIST-1D ----------------------------------------------------------------------------------
+
+
+def test_mnist1d_generation_is_cached_by_its_arguments(tmp_path: Path) -> None:
+    from raycl.data.mnist1d import Mnist1dSpec, load_mnist1d
+
+    spec = Mnist1dSpec(num_train=60, num_test=40)
+    first = load_mnist1d(spec, tmp_path / "a")
+    again = load_mnist1d(spec, tmp_path / "b")  # generated afresh elsewhere
+    for name in ("x_train", "y_train", "x_test", "y_test"):
+        same = (tmp_path / "a" / spec.key / f"{name}.npy").read_bytes()
+        assert same == (tmp_path / "b" / spec.key / f"{name}.npy").read_bytes()
+        np.testing.assert_array_equal(first[name], again[name])
+    assert first["x_train"].shape == (60, 40) and first["x_test"].shape == (40, 40)
+    assert first["x_train"].dtype == np.float32 and set(first["y_train"]) <= set(range(10))
+    other = Mnist1dSpec(num_train=60, num_test=40, seed=7)
+    assert other.key != spec.key
+    assert not np.array_equal(load_mnist1d(other, tmp_path / "a")["x_train"], first["x_train"])
+    # the generator's global seeding leaves the caller's random streams alone
+    state = np.random.get_state()[1].copy()
+    load_mnist1d(Mnist1dSpec(num_train=30, num_test=20), tmp_path / "c")
+    np.testing.assert_array_equal(np.random.get_state()[1], state)
+
+
+def test_mnist1d_spec_rejects_tiny_splits() -> None:
+    from raycl.data.mnist1d import Mnist1dSpec
+
+    with pytest.raises(ValueError, match="num_test must be >= 10"):
+        Mnist1dSpec(num_train=100, num_test=3)
+
+
+def test_signal_augment_shifts_scales_and_jitters() -> None:
+    from raycl.data.mnist1d import SignalAugment
+
+    torch.manual_seed(0)
+    x = torch.sin(torch.linspace(0, 6.0, 40)).reshape(1, 40) + 0.5
+    plain = SignalAugment(max_shift=0, scale=0.0, noise=0.0, slope=0.0, offset=0.0)(x)
+    assert plain.mean().abs() < 1e-6  # offset and trend removed ...
+    t = torch.arange(40.0) - 19.5
+    assert (plain * t).sum().abs() < 1e-3
+    shifted = SignalAugment(max_shift=5, scale=0.0, noise=0.0, slope=0.0, offset=0.0)
+    rolls = set()
+    for _ in range(40):
+        view = shifted(x)
+        rolls.add(next(k for k in range(6) if torch.allclose(torch.roll(plain, k, -1), view)))
+    assert rolls == set(range(6))  # a circular shift by 0..5 samples, each drawn
+    views = [SignalAugment()(x) for _ in range(3)]
+    assert all(v.shape == (1, 40) for v in views) and not torch.allclose(views[0], views[1])
+
+
+def test_build_mnist1d_and_its_class_disjoint_split(tmp_path: Path) -> None:
+    bundle = build_datasets("mnist1d", tmp_path, num_items=80, num_test_items=50)
+    views, label = bundle.train_contrastive[0]
+    signal, _ = bundle.test_eval[0]
+    assert views.shape == (2, 1, 40) and signal.shape == (1, 40) and 0 <= label < 10
+    assert (len(bundle.train_contrastive), len(bundle.train_eval), len(bundle.test_eval)) == (
+        80,
+        80,
+        50,
+    )
+    assert bundle.num_classes == 10 and bundle.in_channels == 1
+    split = build_datasets(
+        "mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=6
+    )
+    assert set(split.train_eval.targets) <= set(range(6))
+    assert set(split.test_eval.targets) <= set(range(4)) and split.num_classes == 4
+    assert split.test_eval.classes == ["6", "7", "8", "9"]
+    with pytest.raises(ValueError, match=r"data.num_train_classes must be in \[1, 9\]"):
+        build_datasets("mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=10)

@@ -97,3 +97,15 @@ def test_build_model() -> None:
     assert model(torch.randn(2, 3, 32, 32))[1].shape == (2, 128)
     with pytest.raises(ValueError, match=r"model\.name must be one of \['small_cnn', .*got 'vit'"):
         build_model("vit", 3)
+
+
+def test_conv1d_encodes_signals_and_multiview_batches() -> None:
+    model = build_model("conv1d", in_channels=1, width=8, proj_dim=16)
+    assert model.item_dims == 2 and model.out_dim == 40
+    views = torch.randn(6, 2, 1, 40)
+    features, embeddings = model(views)
+    assert features.shape == (6, 2, 40) and embeddings.shape == (6, 2, 16)
+    model.eval()
+    flat_features, _ = model(views.flatten(0, 1))
+    assert torch.allclose(flat_features, model(views)[0].flatten(0, 1), atol=1e-6)
+    assert model(torch.randn(3, 1, 64))[0].shape == (3, 40)  # any length: 5 positions pooled

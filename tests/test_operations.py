@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from raycl.config import load_config
+from raycl.search.tuner import load_tune_config
 from tests.conftest import TINY_TRAINING
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,19 +71,18 @@ def experiments(tmp_path_factory):
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run_search(
-            load_config(
+            load_tune_config(
                 [
                     *TINY_TRAINING,
                     "search=cd",
                     "search.budget_trials=4",
                     f"storage_path={storage}",
                     "name=cd",
-                ],
-                config_name="tune",
+                ]
             )
         )
         run_search(
-            load_config(
+            load_tune_config(
                 [
                     *TINY_TRAINING,
                     "search=cd",
@@ -91,9 +90,8 @@ def experiments(tmp_path_factory):
                     f"storage_path={storage}",
                     "name=broken",
                     "~space.loss",
-                    "+space.data.batch_size={scale:categorical,values:[128,4096],start:128}",
-                ],
-                config_name="tune",
+                    "space.data.batch_size={scale:categorical,values:[128,4096],start:128}",
+                ]
             )
         )
     finally:

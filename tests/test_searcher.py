@@ -249,7 +249,7 @@ def test_separable_quadratic_converges_in_few_evaluations() -> None:
     assert log2s(cd.best_config, 3) == pytest.approx(optimum, abs=1e-9)
     assert cd.best_result == pytest.approx(0.0, abs=1e-12)
     assert len(driver.suggested) == cd.num_trials < 40
-    assert cd.path[0]["coordinate"] is None and cd.path[0]["accepted"]
+    assert cd.path[0]["kind"] == "start" and cd.path[0]["accepted"]
 
 
 def test_coupled_quadratic_converges_near_optimum() -> None:
@@ -448,6 +448,145 @@ def test_set_search_properties_and_constants() -> None:
 def test_accepts_a_plain_dict_space() -> None:
     cd = CoordinateDescentSearcher(MIXED, metric=METRIC, mode="max")
     assert cd.space.names == list(MIXED)
+
+
+# -- pattern moves, noise control, concurrent extensions ---------------------------------------
+
+
+def diagonal_ridge(optimum: float, across: float = 4.0, along: float = 0.1) -> Objective:
+    """A valley along c0 = c1 (log2 units) with its optimum at (optimum, optimum): moving one
+    coordinate by a step leaves the valley and costs ``across``, more than it gains along it."""
+
+    def objective(config: dict[str, Any]) -> float:
+        u, v = log2s(config, 2)
+        return -across * (u - v) ** 2 - along * (u + v - 2 * optimum) ** 2
+
+    return objective
+
+
+def test_pattern_move_follows_a_diagonal_ridge_where_single_moves_stall() -> None:
+    objective = diagonal_ridge(3.0)
+    start = {"c0": 1.0, "c1": 1.0}
+    # no one-coordinate step from the start improves: plain coordinate descent stops there
+    for name in start:
+        for factor in (2.0, 0.5, 2**0.5, 2**-0.5):
+            assert objective({**start, name: start[name] * factor}) < objective(start)
+    cd = searcher(log2_space([1.0, 1.0], min_step=0.5))
+    Driver(cd, objective).run()
+    assert log2s(cd.best_config, 2) == pytest.approx([3.0, 3.0])
+    assert any(e["kind"] == "pattern" and e["accepted"] for e in cd.path)
+
+
+def test_pattern_after_two_moving_sweeps_uses_the_net_displacement() -> None:
+    # Off the valley floor at the start: sweeps zig-zag along it, then the pattern takes over.
+    cd = searcher(log2_space([2.0**-2, 1.0], lower=2**-6, upper=2**6, min_step=1.0))
+    Driver(cd, diagonal_ridge(4.0, across=1.0, along=0.2)).run()
+    assert log2s(cd.best_config, 2) == pytest.approx([4.0, 4.0])
+    assert any(e["kind"] == "pattern" and e["accepted"] for e in cd.path)
+
+
+@pytest.mark.parametrize("optimum", [[2.0, -1.0, 3.0], [-3.0, 0.0, 1.0], [4.0, 4.0, -2.0]])
+def test_separable_landscapes_never_pay_for_a_pattern(optimum: list[float]) -> None:
+    """On separable functions with the optimum on the lattice one sweep reaches it and no
+    pattern fires: the trials are exactly those of plain coordinate descent."""
+    cd = searcher(log2_space([1.0, 1.0, 1.0], min_step=0.5))
+    Driver(cd, log2_quadratic(optimum)).run()
+    assert log2s(cd.best_config, 3) == pytest.approx(optimum)
+    assert {e["kind"] for e in cd.path} <= {"start", "probe", "extend"}
+
+
+def lucky(config: dict[str, Any]) -> float:
+    """True optimum at c0 = 1; the probe c0 = 2 is worse on average (-0.5) but its seed-0
+    trial is lucky (+0.3, the best value seen)."""
+    if config["c0"] == 2.0:
+        return 0.3 if config[SEED_KEY] == 0 else -1.3
+    return -abs(math.log2(config["c0"]))
+
+
+def test_noise_control_re_measures_a_narrow_win_before_accepting_it() -> None:
+    cd = searcher(log2_space([1.0], min_step=1.0), noise=0.5)
+    driver = Driver(cd, lucky).run()
+    assert cd.best_config == {"c0": 1.0} and cd.best_result == 0.0
+    seeds = [c[SEED_KEY] for c in driver.suggested if c["c0"] == 2.0]
+    assert seeds == [0, 1]  # measured again on a fresh seed, then rejected on the mean
+    rejected = next(e for e in cd.path if e["config"]["c0"] == 2.0)
+    assert rejected["measurements"] == 2 and not rejected["accepted"]
+
+
+def test_without_noise_control_one_lucky_trial_steers_the_search() -> None:
+    cd = searcher(log2_space([1.0], min_step=1.0), noise=0.0)
+    Driver(cd, lucky).run()
+    assert cd.best_config == {"c0": 2.0}  # the winner's curse the noise control prevents
+
+
+def test_a_clear_win_is_accepted_without_a_second_measurement() -> None:
+    cd = searcher(log2_space([1.0], min_step=1.0), noise=0.5)
+    driver = Driver(cd, log2_quadratic([3.0])).run()
+    assert cd.best_config == {"c0": 8.0}
+    assert all(c[SEED_KEY] == 0 for c in driver.suggested)
+
+
+def test_noise_is_estimated_from_repeats() -> None:
+    rng = random.Random(1)
+    cd = searcher(log2_space([1.0, 1.0], min_step=1.0), repeats=2)
+    quadratic = log2_quadratic([2.0, -1.0])
+    Driver(cd, lambda config: quadratic(config) + rng.gauss(0.0, 0.3)).run()
+    assert 0.1 < cd._noise_level() < 0.5  # σ/√2 of the repeats' mean, σ = 0.3
+    assert log2s(cd.best_config, 2) == pytest.approx([2.0, -1.0], abs=1.0)
+
+
+def test_extensions_fill_every_concurrent_slot() -> None:
+    cd = searcher(log2_space([1.0], lower=2**-8, upper=2**8, min_step=1.0))
+    assert cd.set_max_concurrency(3)
+    cd.suggest("start")
+    cd.on_trial_complete("start", {METRIC: 0.0})
+    up, down = cd.suggest("up"), cd.suggest("down")
+    cd.on_trial_complete("up", {METRIC: 1.0})
+    cd.on_trial_complete("down", {METRIC: -1.0})
+    batch = [cd.suggest(f"e{i}") for i in range(4)]
+    assert [c["c0"] for c in batch[:3]] == [4.0, 8.0, 16.0] and batch[3] is None
+    # judged in order: 4 and 8 improve, 16 does not; the walk stops at 8
+    for trial_id, value in zip(("e0", "e1", "e2"), (2.0, 3.0, 2.5), strict=True):
+        cd.on_trial_complete(trial_id, {METRIC: value})
+    assert cd.best_config == {"c0": 8.0}
+    assert (up["c0"], down["c0"]) == (2.0, 0.5)
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 4, 11, 23, 40])
+def test_save_restore_mid_pattern_and_confirmation(tmp_path: Any, interrupt_after: int) -> None:
+    rng = random.Random(3)
+    values: dict[tuple, float] = {}
+
+    def noisy_ridge(config: dict[str, Any]) -> float:
+        key = tuple(sorted(config.items()))
+        if key not in values:  # the same (config, seed) always gives the same value
+            values[key] = diagonal_ridge(3.0)(config) + rng.gauss(0.0, 0.05)
+        return values[key]
+
+    def make() -> CoordinateDescentSearcher:
+        cd = searcher(log2_space([1.0, 1.0], min_step=0.5), noise=0.5)
+        cd.set_max_concurrency(2)
+        return cd
+
+    reference = Driver(make(), noisy_ridge).run()
+    assert "pattern" in {e["kind"] for e in reference.searcher.path}
+    assert any(e["measurements"] > 1 for e in reference.searcher.path)  # a confirmation
+    driver = Driver(make(), noisy_ridge)
+    for _ in range(interrupt_after):
+        driver.step()
+    checkpoint = str(tmp_path / "searcher.pkl")
+    driver.searcher.save(checkpoint)
+    restored = CoordinateDescentSearcher(log2_space([4.0]), metric="other", mode="min")
+    restored.restore(checkpoint)
+    driver.searcher = restored
+    driver.run()
+    assert driver.suggested == reference.suggested
+    assert restored.path == reference.searcher.path
+
+
+def test_bad_noise_is_one_line() -> None:
+    with pytest.raises(ValueError, match="noise must be >= 0"):
+        searcher(log2_space([1.0]), noise=-1.0)
 
 
 # -- on a real Ray cluster ----------------------------------------------------------------------

@@ -1,375 +1,347 @@
-"""``raycl bench search``: coordinate descent vs random search vs ASHA at equal compute.
+"""``raycl bench search``: balance-search methods replayed on a landscape table, checked live.
 
-Each method runs the same search (same space, trainable and budget in epochs) once per seed,
-on real (short) trainings. Trials are put in the order they finished; a trial's value is its
-last reported metric, its cost the epochs it trained. Reported per method (median over
-seeds): trials and epochs until a trial came within ``--tolerance`` points of the best metric
-any method found (over all searches, and within each seed), the best metric at the end of
-the budget, and each search's best configuration retrained on fresh seeds (what the search
-recommends, without the luck that made it the best of its trials); plus a PNG of
-best-so-far against epochs."""
+Replays (:mod:`raycl.bench.replay`) run each method ``--replays`` times on a table written by
+``raycl bench landscape``, with the same start, budget and concurrency. Before anything else
+the landscape's *gate* says whether it can decide at all (:class:`raycl.bench.replay.Gate`).
+Then, per method: the share of replays whose recommendation came within ``δ`` of the best
+table mean (δ = the pooled seed SD σ unless ``--delta``), the median trials and epochs until
+it did with bootstrap 95 % confidence intervals, the regret of the final recommendation, and
+the cost ratios CD/random (trials), CD/ASHA (epochs) and CD/TPE (trials) with bootstrap CIs.
+A replay that never got there counts as one more than it spent (a lower bound on its cost),
+so a censored median is shown as ``> N``. ``--live`` also runs one real ``raycl tune`` per
+method with the same budget and compares every full-length trial with the table.
+
+Method specs are names from :data:`raycl.search.methods.METHODS`, optionally with ``search``
+settings: ``cd:noise=0``, ``cd:repeats=2``; ``cd:noise=start`` sets CD's noise to the seed SD
+of the start point (what a user measures by training the default three times).
+"""
 
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import statistics
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import date
+from fractions import Fraction
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from omegaconf import DictConfig
+import numpy as np
 
-from raycl.config import load_config
-
-METHODS = ("cd", "random", "asha")
+from raycl.bench.measure import cpu_model
+from raycl.bench.replay import Landscape, Trace, replays
 
 
 @dataclass(frozen=True)
-class Reach:
-    """Trials or epochs a search spent to reach the target; if it never did (``reached`` is
-    False), ``spent`` is all it spent, a lower bound, and it ranks after every search that did."""
+class Target:
+    """CD's median cost at most ``bound`` × the baseline's (and the CI's upper bound below
+    ``ci_bound``, where given), in ``measure`` (trials or epochs)."""
 
-    spent: int
+    baseline: str
+    measure: str
+    bound: float
+    ci_bound: float | None = None
+
+
+# The issue's pre-registered targets (no number from the paper exists to match).
+TARGETS = (
+    Target("random", "trials", 1 / 3, ci_bound=1 / 2),
+    Target("asha", "epochs", 1 / 2),
+    Target("tpe", "trials", 1.0),
+)
+
+
+def method_search(spec: str, landscape: Landscape, **defaults: Any) -> tuple[str, Any]:
+    """(label, ``search`` section) of a method spec such as ``cd:noise=start,eps=0``."""
+    from raycl.config import SearchConfig
+
+    name, _, settings = spec.partition(":")
+    search = SimpleNamespace(**{**vars(SearchConfig()), **defaults})
+    search.method, search.metric, search.mode = name, landscape.metric, landscape.mode
+    for setting in filter(None, settings.split(",")):
+        key, _, value = setting.partition("=")
+        if not hasattr(search, key):
+            raise ValueError(f"--methods {spec}: search has no setting {key!r}")
+        if key == "noise" and value == "start":
+            value = float(np.std(landscape.curves[landscape.start_key][:, -1], ddof=1))
+        setattr(search, key, _parse(value))
+    return spec, search
+
+
+def _parse(value: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return None if value in ("null", "none") else value
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Trials or epochs until the target; ``reached`` False: all it spent, plus one."""
+
+    value: float
     reached: bool
 
-    def __str__(self) -> str:
-        return f"{self.spent}" if self.reached else f"> {self.spent} (not reached)"
+
+def costs(traces: list[Trace], delta: float) -> dict[str, list[Cost]]:
+    """Per replay: the trials and the epochs until the regret fell to ``delta``."""
+    out: dict[str, list[Cost]] = {"trials": [], "epochs": []}
+    for trace in traces:
+        hit = trace.reach(delta)
+        if hit is None:
+            out["trials"].append(Cost(len(trace.regret) + 1, False))
+            out["epochs"].append(Cost((trace.epochs[-1] if trace.epochs else 0) + 1, False))
+        else:
+            out["trials"].append(Cost(hit[0], True))
+            out["epochs"].append(Cost(hit[1], True))
+    return out
 
 
-def median_reach(reaches: list[Reach]) -> Reach:
-    """The (upper) median search: ranked by reached-first, then by cost."""
-    ordered = sorted(reaches, key=lambda r: (not r.reached, r.spent))
+def median_cost(values: list[Cost]) -> Cost:
+    """The (upper) median, ranking replays that never reached the target last."""
+    ordered = sorted(values, key=lambda c: (not c.reached, c.value))
     return ordered[len(ordered) // 2]
 
 
-def verdict(cd: Reach, other: Reach, bound: float) -> str:
-    """Whether CD's median cost is at most ``bound`` times the other method's."""
-    if not cd.reached:
-        return "not met: CD's median search never reached the target"
-    ratio = cd.spent / other.spent
-    if other.reached:
-        return f"{'met' if ratio <= bound else 'not met'} (ratio {ratio:.2f})"
-    if ratio <= bound:
-        return f"met (ratio < {ratio:.2f}: the other never reached it)"
-    return f"undetermined (ratio < {ratio:.2f}: the other never reached it)"
+def bootstrap(statistic, samples: list[np.ndarray], rng: np.random.Generator, n: int = 2000):
+    """Percentile 95 % interval of ``statistic`` over resamples of each sample."""
+    draws = [statistic(*(s[rng.integers(0, len(s), len(s))] for s in samples)) for _ in range(n)]
+    return tuple(np.percentile(draws, [2.5, 97.5]))
 
 
-@dataclass
-class Trajectory:
-    """One search: per finished trial (in finishing order) its metric and cumulative epochs."""
-
-    method: str
-    seed: int
-    metrics: list[float]
-    epochs: list[int]
-    best_config: dict
-    rechecked: list[float] | None = None  # the best config retrained on fresh seeds
-
-    def reach(self, target: float) -> tuple[Reach, Reach]:
-        """(trials, epochs) until the first trial at or above ``target``."""
-        for i, value in enumerate(self.metrics):
-            if value >= target:
-                return Reach(i + 1, True), Reach(self.epochs[i], True)
-        return Reach(len(self.metrics), False), Reach(self.epochs[-1], False)
-
-    def best_so_far(self) -> list[float]:
-        best, out = float("-inf"), []
-        for value in self.metrics:
-            best = max(best, value)
-            out.append(best)
-        return out
+def _ranked(values: list[Cost]) -> np.ndarray:
+    """Costs with unreached replays ranked after all reached ones (a rank-preserving key)."""
+    return np.array([c.value + (0 if c.reached else 1e9) for c in values])
 
 
-def trajectory(outcome, method: str, seed: int, metric: str) -> Trajectory:
-    """Finished trials in finishing order, with the epochs spent up to each."""
-    finished = []
-    for result in outcome.results:
-        frame = result.metrics_dataframe
-        if frame is None or frame.empty or metric not in frame:
-            continue
-        last = frame.iloc[-1]
-        finished.append((float(last["timestamp"]), float(last[metric]), len(frame)))
-    finished.sort()
-    spent, epochs = 0, []
-    for _, _, n in finished:
-        spent += n
-        epochs.append(spent)
-    return Trajectory(method, seed, [m for _, m, _ in finished], epochs, outcome.best_config)
+def _median_value(ranked: np.ndarray) -> float:
+    value = float(np.sort(ranked)[len(ranked) // 2])
+    return value - 1e9 if value >= 1e9 else value
 
 
-def load(raw: Path) -> list[Trajectory]:
-    """The searches finished so far, from the JSON lines beside the report."""
-    return [Trajectory(**json.loads(line)) for line in raw.read_text().splitlines()]
-
-
-def as_line(run: Trajectory) -> str:
-    """One search as a JSON line, as :func:`load` reads it."""
-    return json.dumps(asdict(run), default=str) + "\n"
-
-
-def search_config(args: argparse.Namespace, method: str, seed: int, name: str) -> DictConfig:
-    """The ``tune`` config of one benchmark search (budget in epochs only)."""
-    return load_config(
-        [
-            f"search={method}",
-            f"seed={seed}",
-            f"search.budget_epochs={args.budget_epochs}",
-            "search.budget_trials=null",
-            f"name={name}",
-            f"storage_path={args.storage_path}",
-            f"epochs={args.epochs}",
-            *args.overrides,
-        ],
-        config_name="tune",
-    )
-
-
-def run(
-    args: argparse.Namespace,
-    todo: list[tuple[str, int]],
-    raw: Path | None = None,
-    done: Sequence[Trajectory] = (),
-) -> list[Trajectory]:
-    """``done`` plus the (method, seed) searches in ``todo``, run one after the other on the
-    connected Ray cluster; each finished search is appended to ``raw`` (JSON lines) at once,
-    so partial runs count."""
-    from raycl.search.tuner import run_search
-
-    runs = list(done)
-    for method, seed in todo:
-        cfg = search_config(args, method, seed, f"bench-{method}-seed{seed}")
-        outcome = run_search(cfg)
-        runs.append(trajectory(outcome, method, seed, cfg.search.metric))
-        if raw is not None:
-            with raw.open("a") as fh:
-                fh.write(as_line(runs[-1]))
-        print(
-            f"{method} seed {seed}: best {max(runs[-1].metrics):.2f} "
-            f"over {len(runs[-1].metrics)} trials",
-            flush=True,
-        )
-    return runs
-
-
-def recheck(runs: list[Trajectory], args: argparse.Namespace) -> None:
-    """Retrain each search's best configuration from scratch on ``--recheck-seeds`` fresh
-    seeds (one Tune experiment, each distinct configuration once per seed) and store the
-    metrics in ``rechecked``: the quality of what a search recommends, without the luck of
-    the draw that made it the best of its own trials."""
-    from ray import tune
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from raycl.search.searcher import SEED_KEY
-    from raycl.search.tuner import make_trainable, point_key
-
-    todo = [r for r in runs if r.rechecked is None]
-    if not todo or args.recheck_seeds < 1:
-        return
-    fresh = [1000 + i for i in range(args.recheck_seeds)]
-    points = [
-        {**dict(c), SEED_KEY: s}
-        for c in sorted({point_key(r.best_config) for r in todo})
-        for s in fresh
-    ]
-    cfg = search_config(args, "random", 0, "bench-recheck")
-    results = tune.Tuner(
-        make_trainable(cfg),
-        # The points' keys must be in the space; their values are the only choices.
-        param_space={k: tune.choice(sorted({p[k] for p in points})) for k in points[0]},
-        tune_config=tune.TuneConfig(
-            search_alg=BasicVariantGenerator(points_to_evaluate=points),
-            num_samples=len(points),
-            max_concurrent_trials=cfg.search.max_concurrent_trials,
-        ),
-        run_config=tune.RunConfig(name=cfg.name, storage_path=args.storage_path, verbose=1),
-    ).fit()
-    scores: dict[tuple, list[float]] = {}
-    for result in results:
-        if result.metrics and cfg.search.metric in result.metrics:
-            scores.setdefault(point_key(result.config), []).append(
-                result.metrics[cfg.search.metric]
-            )
-    for r in todo:
-        r.rechecked = scores.get(point_key(r.best_config))
+def _cell(cost: Cost, interval: tuple[float, float]) -> str:
+    low, high = (v - 1e9 if v >= 1e9 else v for v in interval)
+    shown = f"{cost.value:g}" if cost.reached else f"> {cost.value:g}"
+    return f"{shown} [{low:g}, {high:g}]"
 
 
 def summarise(
-    runs: list[Trajectory], methods: list[str], tolerance: float, per_seed: bool = False
-) -> str:
-    """The markdown results table and the verdict on the targets.
-
-    The target is ``tolerance`` points below the best metric any method found: over all
-    searches, or (``per_seed``) over the searches of the same seed, which share the seed's
-    initialisations and augmentations and so its offset.
-    """
-    best = {
-        seed: max(max(r.metrics) for r in runs if not per_seed or r.seed == seed)
-        for seed in {r.seed for r in runs}
-    }
-    scope = (
-        "within its seed (" + ", ".join(f"{b:.2f}" for _, b in sorted(best.items())) + ")"
-        if per_seed
-        else f"over all searches ({max(best.values()):.2f})"
-    )
+    traces: dict[str, list[Trace]], landscape: Landscape, delta: float, seed: int = 0
+) -> tuple[str, dict[str, Any]]:
+    """The results table, the ratios and the verdict on the targets (markdown), and numbers."""
+    rng = np.random.default_rng(seed)
     lines = [
-        f"Target: within {tolerance} points of the best metric any method found {scope}.",
-        "",
-        "| method | runs reaching target | median trials to target | median epochs to target "
-        "| median best at budget | median trials run |",
+        "| method | replays reaching δ | median trials to δ [95 % CI] "
+        "| median epochs to δ [95 % CI] | final regret: median (mean) | trials run (median) |",
         "|---|---|---|---|---|---|",
     ]
-    trials, epochs = {}, {}
-    for method in methods:
-        mine = [r for r in runs if r.method == method]
-        reached = [r.reach(best[r.seed] - tolerance) for r in mine]
-        trials[method] = median_reach([t for t, _ in reached])
-        epochs[method] = median_reach([e for _, e in reached])
-        hits = sum(t.reached for t, _ in reached)
+    numbers: dict[str, Any] = {}
+    for label, runs in traces.items():
+        spent = costs(runs, delta)
+        cells = []
+        for measure in ("trials", "epochs"):
+            ranked = _ranked(spent[measure])
+            interval = bootstrap(lambda s: np.sort(s)[len(s) // 2], [ranked], rng)
+            cells.append(_cell(median_cost(spent[measure]), interval))
+        finals = [t.final_regret for t in runs]
+        share = float(np.mean([c.reached for c in spent["trials"]]))
+        numbers[label] = {"share": share, "costs": spent, "final": finals}
         lines.append(
-            f"| {method} | {hits}/{len(mine)} | {trials[method]} | {epochs[method]} "
-            f"| {statistics.median(max(r.metrics) for r in mine):.2f} "
-            f"| {statistics.median(len(r.metrics) for r in mine):g} |"
+            f"| {label} | {share:.0%} | {cells[0]} | {cells[1]} "
+            f"| {statistics.median(finals):.2f} ({statistics.fmean(finals):.2f}) "
+            f"| {statistics.median(len(t.regret) for t in runs):g} |"
         )
-    if {"cd", "random", "asha"} <= set(methods):
-        lines += [
-            "",
-            "Targets (median over seeds):",
-            f"- CD trials ≤ ⅓ of random search's: {verdict(trials['cd'], trials['random'], 1 / 3)}",
-            f"- CD epochs ≤ ½ of ASHA's: {verdict(epochs['cd'], epochs['asha'], 1 / 2)}",
-        ]
-    return "\n".join(lines)
+    lines += ["", *_ratios(numbers, rng)]
+    return "\n".join(lines), numbers
 
 
-def recheck_table(runs: list[Trajectory], methods: list[str]) -> str:
-    """Markdown: each method's best configurations retrained on fresh seeds, and the
-    seed-to-seed spread of one configuration (pooled), the noise a search works against."""
-    done = [r for r in runs if r.rechecked]
-    if not done:
-        return "No best configuration was retrained (`--recheck-seeds 0`)."
-    spread = statistics.mean(statistics.pvariance(r.rechecked) for r in done) ** 0.5
+def _ratios(numbers: dict[str, Any], rng: np.random.Generator) -> list[str]:
+    """CD's median cost over each baseline's, with a bootstrap CI, and the verdicts."""
+    if "cd" not in {label.split(":")[0] for label in numbers}:
+        return []
+    cd = next(label for label in numbers if label.split(":")[0] == "cd")
     lines = [
-        f"Each search's best configuration retrained from scratch on "
-        f"{len(done[0].rechecked)} fresh seeds (mean); seed-to-seed standard deviation of one "
-        f"configuration (pooled): {spread:.2f} points.",
+        f"Ratios of medians ({cd} over each baseline; bootstrap 95 % CI over replays):",
         "",
-        "| method | median over searches | each search (seed 0, 1, …) |",
-        "|---|---|---|",
+        "| ratio | measure | value [95 % CI] | target | verdict |",
+        "|---|---|---|---|---|",
     ]
-    for method in methods:
-        means = [statistics.mean(r.rechecked) for r in done if r.method == method]
-        if means:
-            each = ", ".join(f"{m:.2f}" for m in means)
-            lines.append(f"| {method} | {statistics.median(means):.2f} | {each} |")
-    return "\n".join(lines)
+    for target in TARGETS:
+        other, measure, bound = target.baseline, target.measure, target.bound
+        if other not in numbers:
+            continue
+        mine = median_cost(numbers[cd]["costs"][measure])
+        theirs = median_cost(numbers[other]["costs"][measure])
+        ratio = mine.value / theirs.value
+        low, high = bootstrap(
+            lambda x, y: _median_value(x) / _median_value(y),
+            [_ranked(numbers[cd]["costs"][measure]), _ranked(numbers[other]["costs"][measure])],
+            rng,
+        )
+        if not mine.reached:
+            verdict = "not met: CD's median replay never reached δ"
+        elif not theirs.reached:
+            verdict = (
+                f"{'met' if ratio <= bound else 'undetermined'} ({other}'s median replay "
+                "never reached δ: the ratio is an upper bound)"
+            )
+        else:
+            verdict = "met" if ratio <= bound else "not met"
+        if target.ci_bound is not None and verdict == "met" and high >= target.ci_bound:
+            verdict = (
+                f"not met: the CI's upper bound {high:.2f} is not < {_fraction(target.ci_bound)}"
+            )
+        ci_rule = f", CI upper < {_fraction(target.ci_bound)}" if target.ci_bound else ""
+        lines.append(
+            f"| CD / {other} | {measure} | {ratio:.2f} [{low:.2f}, {high:.2f}] "
+            f"| ≤ {_fraction(bound)}{ci_rule} | {verdict} |"
+        )
+    share = numbers[cd]["share"]
+    lines += [
+        "",
+        f"- CD reaches δ in ≥ 80 % of replays: {'met' if share >= 0.8 else 'not met'} "
+        f"({share:.0%})",
+    ]
+    if "tpe" in numbers:
+        mine = statistics.median(numbers[cd]["final"])
+        theirs = statistics.median(numbers["tpe"]["final"])
+        lines.append(
+            f"- CD's final recommendation has regret ≤ TPE's (median): "
+            f"{'met' if mine <= theirs else 'not met'} ({mine:.2f} vs {theirs:.2f})"
+        )
+    return lines
 
 
-def plot(runs: list[Trajectory], methods: list[str], path: Path) -> None:
-    """Best-so-far metric against epochs spent, one line per run, a colour per method."""
+def _fraction(value: float) -> str:
+    return str(Fraction(value).limit_denominator(10))
+
+
+def plot(traces: dict[str, list[Trace]], path: Path, budget_epochs: int, seed: int = 0) -> None:
+    """Median regret of the recommendation against trials and epochs, with 95 % CI bands."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for colour, method in zip(("C0", "C1", "C2"), methods, strict=False):
-        for i, run in enumerate(r for r in runs if r.method == method):
-            ax.step(
-                run.epochs,
-                run.best_so_far(),
-                where="post",
-                color=colour,
-                alpha=0.7,
-                label=method if i == 0 else None,
+    rng = np.random.default_rng(seed)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for colour, (label, runs) in zip(
+        plt.rcParams["axes.prop_cycle"].by_key()["color"], traces.items(), strict=False
+    ):
+        longest = max(len(t.regret) for t in runs)
+        for ax, grid, at in (
+            (axes[0], np.arange(1, longest + 1), _regret_by_trial),
+            (axes[1], np.linspace(1, budget_epochs, 120), _regret_by_epoch),
+        ):
+            curves = np.array([at(t, grid) for t in runs])  # replays × grid
+            median = np.median(curves, axis=0)
+            draws = np.array(
+                [
+                    np.median(curves[rng.integers(0, len(curves), len(curves))], axis=0)
+                    for _ in range(300)
+                ]
             )
-    ax.set_xlabel("epochs trained (all trials)")
-    ax.set_ylabel("best kNN top-1 so far (%)")
-    ax.set_title("Balance search at equal compute")
-    ax.grid(alpha=0.3)
-    ax.legend()
+            low, high = np.percentile(draws, [2.5, 97.5], axis=0)
+            ax.plot(grid, median, color=colour, label=label)
+            ax.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
+    for ax, xlabel in zip(axes, ("trials finished", "epochs trained (all trials)"), strict=True):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("regret of the recommendation (kNN points)")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Balance search on the MNIST-1D landscape: median over replays, 95 % CI")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
+def _regret_by_trial(trace: Trace, grid: np.ndarray) -> np.ndarray:
+    regret = np.array(trace.regret, dtype=float)
+    regret = np.where(np.isfinite(regret), regret, np.nan)
+    padded = np.concatenate([regret, np.full(len(grid), regret[-1] if len(regret) else np.nan)])
+    return _ffill(padded[: len(grid)])
+
+
+def _regret_by_epoch(trace: Trace, grid: np.ndarray) -> np.ndarray:
+    index = np.searchsorted(np.array(trace.epochs), grid, side="right") - 1
+    regret = np.array(trace.regret, dtype=float)
+    values = np.where(index >= 0, regret[np.clip(index, 0, None)], np.nan)
+    return _ffill(np.where(np.isfinite(values), values, np.nan))
+
+
+def _ffill(values: np.ndarray) -> np.ndarray:
+    """Before the first full trial there is no recommendation: shown as the worst regret."""
+    out = values.copy()
+    out[np.isnan(out)] = np.nanmax(values) if np.isfinite(values).any() else 0.0
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of ``raycl bench search``."""
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--budget-epochs", type=int, default=120)
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per full trial")
-    parser.add_argument("--tolerance", type=float, default=0.5)
-    parser.add_argument("--storage-path", default="raycl_runs/bench-search")
-    parser.add_argument("--output", help="write the markdown report here (PNG and JSON beside)")
+    parser.add_argument("table", help="landscape table written by `raycl bench landscape`")
     parser.add_argument(
-        "--report-only",
-        action="store_true",
-        help="only rebuild the report from the JSON beside --output (seeds finished so far)",
+        "--methods", nargs="+", default=["cd:noise=start,eps=0", "random", "asha", "tpe"]
     )
-    parser.add_argument(
-        "--resume",
-        action="store_true",
-        help="keep the searches already in the JSON beside --output; run only the missing ones",
-    )
-    parser.add_argument(
-        "--recheck-seeds",
-        type=int,
-        default=3,
-        help="retrain each search's best configuration on this many fresh seeds (0: skip)",
-    )
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every search")
+    parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--budget-epochs", type=int, help="default: 40 full trials")
+    parser.add_argument("--budget-trials", type=int, default=None)
+    parser.add_argument("--delta", type=float, help="target regret (default: the pooled σ)")
+    parser.add_argument("--crn", action="store_true", help="one table seed per replay")
+    parser.add_argument("--output", help="write the markdown report here (PNG beside)")
 
 
 def main(args: argparse.Namespace) -> None:
-    """Run every search (or reload them), print the table, optionally save the report."""
-    args.storage_path = str(Path(args.storage_path).resolve())
-    out = Path(args.output) if args.output else None
-    raw = out.with_suffix(".jsonl") if out else None
-    if (args.report_only or args.resume) and (raw is None or not raw.exists()):
-        raise FileNotFoundError("--report-only/--resume need --output with its .jsonl beside it")
-    if args.report_only:
-        runs = load(raw)
-    else:
-        import ray
+    """Gate, replays, report."""
+    from rich.progress import track
 
-        runs = load(raw) if args.resume else []
-        if raw is not None and not args.resume:
-            raw.unlink(missing_ok=True)
-        finished = {(r.method, r.seed) for r in runs}
-        todo = [(m, s) for s in range(args.seeds) for m in args.methods if (m, s) not in finished]
-        if todo or (args.recheck_seeds > 0 and any(r.rechecked is None for r in runs)):
-            ray.init(address="local", include_dashboard=False, log_to_driver=False)
-            try:
-                runs = run(args, todo, raw, runs)
-                recheck(runs, args)
-            finally:
-                ray.shutdown()
-            if raw is not None:
-                raw.write_text("".join(map(as_line, runs)))
-    methods_by_seed: dict[int, set[str]] = {}
-    for r in runs:
-        methods_by_seed.setdefault(r.seed, set()).add(r.method)
-    seeds = sorted(seed for seed, done in methods_by_seed.items() if set(args.methods) <= done)
-    runs = [r for r in runs if r.seed in seeds]  # complete seeds only: every method ran
-    text = "\n\n".join(
-        [
-            *(
-                f"### {title}\n\n{summarise(runs, args.methods, args.tolerance, per_seed)}"
-                for title, per_seed in (("Global target", False), ("Per-seed target", True))
-            ),
-            f"### Best configurations, retrained\n\n{recheck_table(runs, args.methods)}",
-        ]
+    from raycl.bench.landscape import read_table
+
+    landscape = Landscape.from_table(*read_table(args.table))
+    delta = args.delta if args.delta is not None else landscape.sigma
+    gate = landscape.gate(delta)
+    print(gate.report(), flush=True)
+    if landscape.missing():
+        raise ValueError(f"{args.table}: {landscape.missing()} lattice points have no full run")
+    budget_epochs = args.budget_epochs or 40 * landscape.epochs
+    searches = dict(method_search(spec, landscape) for spec in args.methods)
+    traces: dict[str, list[Trace]] = {label: [] for label in searches}
+    runs = replays(
+        landscape,
+        list(searches.values()),
+        args.replays,
+        concurrency=args.concurrency,
+        budget_epochs=budget_epochs,
+        budget_trials=args.budget_trials,
+        crn=args.crn,
     )
+    labels = list(searches) * args.replays
+    for label, trace in track(
+        zip(labels, runs, strict=True), total=len(labels), description="replays"
+    ):
+        traces[label].append(trace)
+    table, _ = summarise(traces, landscape, delta)
     header = (
-        f"Date {date.today()}; {len(seeds)} seeds per method; budget {args.budget_epochs} "
-        f"epochs per search; {args.epochs} epochs per full trial; overrides: "
-        f"{args.overrides or 'none'}."
+        f"Date {date.today()}; machine: {cpu_model()}, {os.cpu_count()} cores. "
+        f"Table `{args.table}` ({landscape.epochs} epochs a trial; built with overrides "
+        f"`{' '.join(landscape.overrides)}`); {args.replays} replays per method, "
+        f"{args.concurrency} trials in flight, budget {budget_epochs} epochs"
+        f"{f' / {args.budget_trials} trials' if args.budget_trials else ''}; "
+        f"δ = {delta:.2f} points; each lookup "
+        f"{'uses the replay’s seed (common random numbers)' if args.crn else 'draws a seed'}."
     )
-    print(header + "\n\n" + text)
-    if out is not None:
-        png = out.with_suffix(".png")
-        plot(runs, args.methods, png)
+    text = f"{header}\n\n{gate.report()}\n\n{table}"
+    print(text)
+    if args.output:
+        out = Path(args.output)
+        plot(traces, out.with_suffix(".png"), budget_epochs)
         out.write_text(
-            f"# raycl bench search\n\n{header}\n\n{text}\n\n![best so far]({png.name})\n"
+            f"# raycl bench search\n\n{text}\n\n![regret]({out.with_suffix('.png').name})\n"
         )

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-HIDDEN_CONFIG_KEYS = {"raycl_search"}
+from raycl.search.methods import SEARCH_MARKER
+
+HIDDEN_CONFIG_KEYS = {SEARCH_MARKER}
 TERM_COLUMNS = ("loss_pos", "loss_ent", "grad_norm_pos", "grad_norm_ent")
 
 

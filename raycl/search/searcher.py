@@ -1,22 +1,45 @@
-"""Coordinate-descent balance search as a Ray Tune ``Searcher`` (spec §2.4, a reconstruction).
+"""Coordinate-descent balance search as a Ray Tune ``Searcher``.
 
 Evaluate the start point, then sweep the coordinates in order. For each coordinate, evaluate
-both neighbours ``x ± step`` (handed out together, so Tune can run them concurrently); if the
-better one beats the best by more than ``eps``, keep stepping that way while it improves. A sweep
-that improves nothing halves every step (down to ``min_step``); a sweep that improves nothing
+both neighbours ``x ± step`` (handed out together, so Tune runs them concurrently); if the
+better one beats the incumbent, move there and keep stepping that way while it improves. A
+sweep that moves nothing halves every step (down to ``min_step``); a sweep that moves nothing
 with every step at ``min_step`` ends the search (``Searcher.FINISHED``), and so does
-``max_trials``.
+``max_trials``. A move must beat the incumbent by more than ``eps``.
 
-Each point is evaluated with ``repeats`` seeds (config key ``seed``) and scored by the mean.
-Evaluated points are cached by their snapped config, so no config is ever suggested twice.
-Errored trials, and results without a finite metric, score worst possible.
+Three additions to plain coordinate descent make it hold up on real, noisy landscapes:
+
+* **Pattern move** (Hooke & Jeeves 1961). One-coordinate moves zig-zag along a valley that
+  runs diagonally and stall where no single coordinate improves. After a sweep the searcher
+  tries a move along a *pattern* ``d``, extended while it improves: the net displacement of
+  the sweep when this sweep and the one before it both moved (after the first moving sweep
+  alone the pattern would overshoot on separable landscapes, where one sweep reaches the
+  optimum, and cost trials for nothing), or, after a sweep that moved nothing, the better
+  probe of every coordinate whose two probes differ by more than the noise (a sign-gradient
+  step along a valley no single coordinate can follow). Only patterns on ≥ 2 coordinates are
+  tried: a one-coordinate pattern is a coordinate move, already exhausted.
+* **Noise control**. A candidate that beats the incumbent by more than ``eps`` but by no more
+  than the noise is measured once more on a fresh seed before it is accepted, and is accepted
+  only if the mean of its measurements still beats the incumbent by more than ``eps``: one
+  lucky trial cannot steer the rest of the search. The noise is ``noise`` (the standard
+  deviation of one trial's metric across seeds) or, when None, estimated from the repeats
+  (pooled standard deviation of a point's mean); 0 turns confirmation off.
+* **No idle slots**. With ``k`` concurrent trials (Tune tells the searcher through
+  ``set_max_concurrency``), an extension hands out ``x + step, …, x + k·step`` together; they
+  are then judged in order, and the walk stops at the first that does not improve.
+
+Each point is evaluated with ``repeats`` seeds (config key ``seed`` = ``seed``, ``seed + 1``,
+…; a confirmation adds the next seed) and scored by the mean of its measurements. Evaluated
+points are cached by their snapped config, so no (config, seed) is suggested twice. Errored
+trials, and results without a finite metric, score worst possible.
 """
 
 from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Iterable, Mapping
+import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -27,28 +50,21 @@ from raycl.search.space import SearchSpace, as_search_space
 
 SEED_KEY = "seed"
 
-Phase = Literal["start", "probe", "extend", "finished"]
+Phase = Literal["start", "probe", "extend", "pattern", "confirm", "finished"]
+Verdict = Literal["accept", "confirm", "reject"]
 PointKey = tuple[float | int, ...]
+Move = dict[str, float]  # a displacement in each coordinate's unit
 
 
 @dataclass
 class _Candidate:
-    """A point the search waits for, and the move from the centre that produced it."""
+    """A point the search waits for, and the move from the incumbent that produced it."""
 
     point: dict[str, Any]
     key: PointKey
-    coordinate: str | None = None
-    direction: int = 0
-    step: float | None = None
+    kind: str = "start"  # start | probe | extend | pattern
+    move: Move = field(default_factory=dict)
     cached: bool = False  # evaluated before this move asked for it
-
-
-@dataclass
-class _Evaluation:
-    """Outcome of one point over all its repeats."""
-
-    score: float  # to maximise: the mean metric, negated for mode "min"; -inf on error
-    metric: float | None  # the mean metric as reported; None on error
 
 
 @dataclass
@@ -60,28 +76,34 @@ class _State:
     batch: list[_Candidate] = field(default_factory=list)
     phase: Phase = "start"
     coord_index: int = 0
-    improved_in_sweep: bool = False
+    sweep_start: dict[str, Any] = field(default_factory=dict)
+    moved_in_sweep: bool = False
+    last_sweep_moved: bool = False
+    probe_directions: dict[str, int] = field(default_factory=dict)
+    confirming: _Candidate | None = None
     best_score: float = -math.inf
     best_metric: float | None = None
 
 
-def _defines_search_space(config: Mapping[str, Any]) -> bool:
+def defines_search_space(config: Mapping[str, Any]) -> bool:
     return any(
         isinstance(v, Domain)
-        or (isinstance(v, Mapping) and ("grid_search" in v or _defines_search_space(v)))
+        or (isinstance(v, Mapping) and ("grid_search" in v or defines_search_space(v)))
         for v in config.values()
     )
 
 
 class CoordinateDescentSearcher(Searcher):
-    """Coordinate-descent search over a ``SearchSpace`` (spec §2.4).
+    """Coordinate-descent search over a ``SearchSpace`` (the module docstring has the method).
 
     Args:
         space: the coordinates, or their plain-dict form (``SearchSpace.from_dict``).
         metric, mode: what to optimise; may also come from ``tune.TuneConfig``.
-        eps: a move is accepted only if it improves the best metric by more than this.
+        eps: a move is accepted only if it improves the incumbent by more than this.
         repeats: trials per point, with config ``seed`` = ``seed``, ``seed + 1``, ...;
             the point's metric is their mean.
+        noise: a move that improves by no more than this is re-measured before it is
+            accepted; None estimates it from the repeats (0 when ``repeats`` is 1).
         max_trials: stop suggesting after this many trials.
         seed: the first seed.
         constants: fixed config entries added to every suggestion.
@@ -94,6 +116,7 @@ class CoordinateDescentSearcher(Searcher):
         mode: str | None = None,
         eps: float = 0.0,
         repeats: int = 1,
+        noise: float | None = None,
         max_trials: int | None = None,
         seed: int = 0,
         constants: Mapping[str, Any] | None = None,
@@ -103,6 +126,8 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"eps must be >= 0 (got {eps})")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1 (got {repeats})")
+        if noise is not None and not noise >= 0:
+            raise ValueError(f"noise must be >= 0 or None (got {noise})")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1 or None (got {max_trials})")
         self._space = as_search_space(space)
@@ -112,17 +137,21 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"constants must not set searched keys or {SEED_KEY!r}: {clashes}")
         self._eps = eps
         self._repeats = repeats
+        self._noise = noise
         self._max_trials = max_trials
         self._seed = seed
+        self._slots = 1  # concurrent trials; Tune sets it through set_max_concurrency
 
-        self._evaluated: dict[PointKey, _Evaluation] = {}  # the cache
-        self._repeat_metrics: dict[PointKey, dict[int, float | None]] = {}
-        self._handed_out: set[tuple[PointKey, int]] = set()
+        self._measurements: dict[PointKey, dict[int, float | None]] = {}  # the cache
+        self._wanted: dict[PointKey, int] = {}  # measurements a point needs
+        self._handed_out: dict[PointKey, set[int]] = {}
         self._pending: dict[str, tuple[PointKey, int]] = {}  # trial id -> (point, repeat)
         self._num_trials = 0
         self._path: list[dict[str, Any]] = []
         start = self._space.start_point()
-        self._state = _State(center=start, steps=self._space.initial_steps())
+        self._state = _State(
+            center=start, steps=self._space.initial_steps(), sweep_start=dict(start)
+        )
         self._state.batch = [self._candidate(start)]
 
     # -- public read-only view ----------------------------------------------------------------
@@ -134,11 +163,11 @@ class CoordinateDescentSearcher(Searcher):
 
     @property
     def path(self) -> list[dict[str, Any]]:
-        """Every decided move, in order.
+        """Every decided candidate, in order.
 
-        Entries: ``config``, ``metric`` (mean over repeats; None on error), ``coordinate``,
-        ``direction`` (+1/-1; 0 and coordinate None for the start), ``step``, ``accepted`` and
-        ``cached`` (served from the cache, no new trial).
+        Entries: ``config``, ``metric`` (mean over its measurements; None on error), ``kind``
+        (start, probe, extend or pattern), ``move`` (``{coordinate: displacement in units}``),
+        ``measurements``, ``accepted`` and ``cached`` (served from the cache, no new trial).
         """
         return [dict(entry) for entry in self._path]
 
@@ -151,7 +180,7 @@ class CoordinateDescentSearcher(Searcher):
 
     @property
     def best_result(self) -> float | None:
-        """Metric of ``best_config`` (mean over repeats); None if not evaluated or errored."""
+        """Metric of ``best_config`` (mean over its measurements); None if errored."""
         return self._state.best_metric
 
     @property
@@ -173,7 +202,12 @@ class CoordinateDescentSearcher(Searcher):
             self._metric = metric
         if mode:
             self._mode = mode
-        return not _defines_search_space(config)
+        return not defines_search_space(config)
+
+    def set_max_concurrency(self, max_concurrent: int) -> bool:
+        """Learn how many trials run at once (extensions fill that many slots)."""
+        self._slots = max(1, int(max_concurrent))
+        return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         """Next trial config; None while waiting for results; ``FINISHED`` when done."""
@@ -191,7 +225,7 @@ class CoordinateDescentSearcher(Searcher):
         if job is None:
             return None
         candidate, repeat = job
-        self._handed_out.add((candidate.key, repeat))
+        self._handed_out.setdefault(candidate.key, set()).add(repeat)
         self._pending[trial_id] = (candidate.key, repeat)
         self._num_trials += 1
         return {**self._constants, **candidate.point, SEED_KEY: self._seed + repeat}
@@ -199,16 +233,13 @@ class CoordinateDescentSearcher(Searcher):
     def on_trial_complete(
         self, trial_id: str, result: dict | None = None, error: bool = False
     ) -> None:
-        """Record a finished trial; advance the search once its point has all its repeats."""
+        """Record a finished trial; advance the search once its batch is evaluated."""
         job = self._pending.pop(trial_id, None)
         if job is None:
             return
         key, repeat = job
-        metrics = self._repeat_metrics.setdefault(key, {})
-        metrics[repeat] = None if error else self._metric_of(result)
-        if len(metrics) == self._repeats:
-            self._evaluated[key] = self._summarise(self._repeat_metrics.pop(key).values())
-            self._advance()
+        self._measurements.setdefault(key, {})[repeat] = None if error else self._metric_of(result)
+        self._advance()
 
     def save(self, checkpoint_path: str) -> None:
         """Pickle the whole search state."""
@@ -220,25 +251,23 @@ class CoordinateDescentSearcher(Searcher):
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
 
-    # -- evaluation bookkeeping -----------------------------------------------------------------
+    # -- measurements ---------------------------------------------------------------------------
 
-    def _candidate(
-        self,
-        point: dict[str, Any],
-        coordinate: str | None = None,
-        direction: int = 0,
-        step: float | None = None,
-    ) -> _Candidate:
+    def _candidate(self, point: dict[str, Any], kind: str = "start", move: Move | None = None):
         key = self._space.key(point)
-        return _Candidate(point, key, coordinate, direction, step, key in self._evaluated)
+        self._wanted.setdefault(key, self._repeats)
+        return _Candidate(point, key, kind, dict(move or {}), self._evaluated(key))
+
+    def _evaluated(self, key: PointKey) -> bool:
+        return len(self._measurements.get(key, {})) >= self._wanted[key]
 
     def _next_job(self) -> tuple[_Candidate, int] | None:
         """A (point, repeat) of the current batch not handed out yet."""
         for candidate in self._state.batch:
-            if candidate.key in self._evaluated:
-                continue
-            for repeat in range(self._repeats):
-                if (candidate.key, repeat) not in self._handed_out:
+            given = self._handed_out.setdefault(candidate.key, set())
+            measured = self._measurements.get(candidate.key, {})
+            for repeat in range(self._wanted[candidate.key]):
+                if repeat not in given and repeat not in measured:
                     return candidate, repeat
         return None
 
@@ -249,21 +278,48 @@ class CoordinateDescentSearcher(Searcher):
             return None
         return value if math.isfinite(value) else None
 
-    def _summarise(self, metrics: Iterable[float | None]) -> _Evaluation:
-        values = list(metrics)
-        if any(v is None for v in values):
-            return _Evaluation(score=-math.inf, metric=None)
-        mean = math.fsum(values) / len(values)
-        return _Evaluation(score=mean if self._mode == "max" else -mean, metric=mean)
+    def _mean(self, key: PointKey) -> float | None:
+        values = list(self._measurements[key].values())
+        return None if any(v is None for v in values) else math.fsum(values) / len(values)
+
+    def _score(self, key: PointKey) -> float:
+        """The point's mean metric, to maximise (negated for mode "min"); -inf on error."""
+        mean = self._mean(key)
+        if mean is None:
+            return -math.inf
+        return mean if self._mode == "max" else -mean
+
+    def _noise_level(self) -> float:
+        """``noise``, or the pooled standard deviation of a point's mean over its repeats."""
+        if self._noise is not None:
+            return self._noise
+        if self._repeats < 2:
+            return 0.0
+        variances = [
+            statistics.variance(list(values.values())[: self._repeats])
+            for values in self._measurements.values()
+            if len(values) >= self._repeats and None not in values.values()
+        ]
+        return math.sqrt(statistics.fmean(variances) / self._repeats) if variances else 0.0
+
+    def _verdict(self, candidate: _Candidate) -> Verdict:
+        """Accept, confirm (measure once more) or reject ``candidate`` against the incumbent."""
+        margin = self._score(candidate.key) - self._state.best_score
+        if margin <= self._eps:
+            return "reject"
+        confirmed = len(self._measurements[candidate.key]) > self._repeats
+        if confirmed or margin > max(self._eps, self._noise_level()):
+            return "accept"
+        return "confirm"
 
     def _record(self, candidate: _Candidate, accepted: bool) -> None:
         self._path.append(
             {
                 "config": {**self._constants, **candidate.point},
-                "metric": self._evaluated[candidate.key].metric,
-                "coordinate": candidate.coordinate,
-                "direction": candidate.direction,
-                "step": candidate.step,
+                "metric": self._mean(candidate.key),
+                "kind": candidate.kind,
+                "move": dict(candidate.move),
+                "measurements": len(self._measurements[candidate.key]),
                 "accepted": accepted,
                 "cached": candidate.cached,
             }
@@ -274,51 +330,131 @@ class CoordinateDescentSearcher(Searcher):
     def _advance(self) -> None:
         """Decide every phase whose points are all evaluated (cached ones need no trial)."""
         state = self._state
-        while state.phase != "finished" and all(c.key in self._evaluated for c in state.batch):
+        while state.phase != "finished" and all(self._evaluated(c.key) for c in state.batch):
             if state.phase == "start":
-                self._decide_start()
+                start = state.batch[0]
+                state.best_score, state.best_metric = self._score(start.key), self._mean(start.key)
+                self._record(start, accepted=True)
+                self._enter_coordinate(0)
+            elif state.phase == "probe":
+                self._decide_probe()
+            elif state.phase == "confirm":
+                self._decide_confirm()
             else:
-                self._decide_move()
+                self._decide_chain()
 
-    def _decide_start(self) -> None:
-        start = self._state.batch[0]
-        evaluation = self._evaluated[start.key]
-        self._state.best_score, self._state.best_metric = evaluation.score, evaluation.metric
-        self._record(start, accepted=True)
-        self._enter_coordinate(0)
-
-    def _decide_move(self) -> None:
-        """Accept the best candidate if it beats the best by more than eps, then step on."""
+    def _decide_probe(self) -> None:
+        """The better neighbour of one coordinate: accept, confirm or move on."""
         state = self._state
-        best = max(state.batch, key=lambda c: self._evaluated[c.key].score)  # ties: +1 first
-        evaluation = self._evaluated[best.key]
-        improved = evaluation.score > state.best_score + self._eps
+        best = max(state.batch, key=lambda c: self._score(c.key))  # ties: +1 first
+        verdict = self._verdict(best)
         for candidate in state.batch:
-            self._record(candidate, accepted=improved and candidate is best)
-        if improved:
-            state.center = best.point
-            state.best_score, state.best_metric = evaluation.score, evaluation.metric
-            state.improved_in_sweep = True
-            further = self._space.move(best.point, best.coordinate, best.direction, best.step)
-            if further is not None:
-                state.phase = "extend"
-                state.batch = [self._candidate(further, best.coordinate, best.direction, best.step)]
-                return
-        self._enter_coordinate(state.coord_index + 1)
+            if candidate is not best or verdict == "reject":
+                self._record(candidate, accepted=False)
+        if verdict == "accept":
+            self._accept(best)
+        elif verdict == "confirm":
+            self._confirm(best)
+        else:
+            self._note_direction(state.batch)
+            self._enter_coordinate(state.coord_index + 1)
+
+    def _decide_chain(self) -> None:
+        """An extension (or pattern) batch, judged in order: the walk stops at the first
+        candidate that does not improve."""
+        state = self._state
+        batch, kind = state.batch, state.phase
+        for i, candidate in enumerate(batch):
+            verdict = self._verdict(candidate)
+            if verdict == "accept":
+                self._record(candidate, accepted=True)
+                self._move_to(candidate)
+                continue
+            if verdict == "confirm":
+                self._confirm(candidate)
+            else:
+                for rest in batch[i:]:
+                    self._record(rest, accepted=False)
+                self._end_walk(kind)
+            return
+        last = batch[-1]
+        if not self._extend(last, kind):
+            self._end_walk(kind)
+
+    def _decide_confirm(self) -> None:
+        state = self._state
+        candidate = state.confirming
+        assert candidate is not None
+        state.confirming = None
+        if self._verdict(candidate) == "accept":
+            self._record(candidate, accepted=True)
+            self._accept(candidate, recorded=True)
+        else:
+            self._record(candidate, accepted=False)
+            self._end_walk("probe" if candidate.kind == "probe" else candidate.kind)
+
+    def _accept(self, candidate: _Candidate, recorded: bool = False) -> None:
+        """Make ``candidate`` the incumbent and keep walking the way it moved."""
+        if not recorded:
+            self._record(candidate, accepted=True)
+        self._move_to(candidate)
+        kind = "pattern" if candidate.kind == "pattern" else "extend"
+        if not self._extend(candidate, kind):
+            self._end_walk(kind)
+
+    def _move_to(self, candidate: _Candidate) -> None:
+        state = self._state
+        state.center = candidate.point
+        state.best_score = self._score(candidate.key)
+        state.best_metric = self._mean(candidate.key)
+        state.moved_in_sweep = True
+
+    def _confirm(self, candidate: _Candidate) -> None:
+        """Measure ``candidate`` once more (the next seed) before deciding."""
+        state = self._state
+        self._wanted[candidate.key] = len(self._measurements[candidate.key]) + 1
+        state.phase, state.confirming, state.batch = "confirm", candidate, [candidate]
+
+    def _extend(self, origin: _Candidate, kind: str) -> bool:
+        """Hand out up to ``slots`` further steps along ``origin.move``; False at a bound."""
+        state = self._state
+        batch, point = [], origin.point
+        for _ in range(self._slots):
+            point = self._space.shift(point, origin.move)
+            if point is None:
+                break
+            batch.append(self._candidate(point, kind, origin.move))
+        if not batch:
+            return False
+        state.phase, state.batch = ("pattern" if kind == "pattern" else "extend"), batch
+        return True
+
+    def _end_walk(self, kind: str) -> None:
+        """A coordinate's walk ended: the next coordinate; a pattern walk ended: a new sweep."""
+        if kind == "pattern":
+            self._start_sweep()
+        else:
+            self._enter_coordinate(self._state.coord_index + 1)
+
+    def _note_direction(self, probes: list[_Candidate]) -> None:
+        """Remember which way a coordinate that did not move slopes, if the probes say so."""
+        if len(probes) == 2:
+            up, down = probes
+            gap = abs(self._score(up.key) - self._score(down.key))
+            rounding = 1e-9 * max(1.0, abs(self._state.best_score))
+            if gap > max(self._eps, self._noise_level(), rounding):
+                name = next(iter(up.move))
+                better = up if self._score(up.key) > self._score(down.key) else down
+                self._state.probe_directions[name] = 1 if better.move[name] > 0 else -1
 
     def _enter_coordinate(self, index: int) -> None:
-        """Probe both neighbours along coordinate ``index``, starting new sweeps as needed."""
+        """Probe both neighbours along coordinate ``index``; after the last, the pattern."""
         state = self._state
-        while True:
-            if index == len(self._space):
-                if not self._start_sweep():
-                    state.phase, state.batch = "finished", []
-                    return
-                index = 0
+        while index < len(self._space):
             name = self._space.coordinates[index].name
             step = state.steps[name]
             batch = [
-                self._candidate(point, name, direction, step)
+                self._candidate(point, "probe", {name: direction * step})
                 for direction in (1, -1)
                 if (point := self._space.move(state.center, name, direction, step)) is not None
             ]
@@ -326,14 +462,46 @@ class CoordinateDescentSearcher(Searcher):
                 state.phase, state.coord_index, state.batch = "probe", index, batch
                 return
             index += 1
+        state.coord_index = index
+        if not self._try_pattern():
+            self._start_sweep()
 
-    def _start_sweep(self) -> bool:
-        """Begin a sweep, halving the steps after one that improved nothing; False: converged."""
+    def _pattern(self) -> Move:
+        """The sweep's pattern (see the module docstring); empty when there is none."""
         state = self._state
-        if not state.improved_in_sweep:
+        if state.moved_in_sweep:
+            if not state.last_sweep_moved:
+                return {}
+            pattern = {
+                c.name: c.to_unit(state.center[c.name]) - c.to_unit(state.sweep_start[c.name])
+                for c in self._space
+            }
+        else:
+            pattern = {
+                name: direction * state.steps[name]
+                for name, direction in state.probe_directions.items()
+            }
+        pattern = {name: delta for name, delta in pattern.items() if delta != 0}
+        return pattern if len(pattern) >= 2 else {}
+
+    def _try_pattern(self) -> bool:
+        pattern = self._pattern()
+        if not pattern:
+            return False
+        origin = _Candidate(self._state.center, (), "pattern", pattern)
+        return self._extend(origin, "pattern")
+
+    def _start_sweep(self) -> None:
+        """Begin a sweep, halving the steps after one that moved nothing; or finish."""
+        state = self._state
+        if not state.moved_in_sweep:
             refined = {c.name: c.refine(state.steps[c.name]) for c in self._space}
             if refined == state.steps:
-                return False
+                state.phase, state.batch = "finished", []
+                return
             state.steps = refined
-        state.improved_in_sweep = False
-        return True
+        state.last_sweep_moved = state.moved_in_sweep
+        state.moved_in_sweep = False
+        state.sweep_start = dict(state.center)
+        state.probe_directions = {}
+        self._enter_coordinate(0)

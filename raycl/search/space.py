@@ -188,6 +188,16 @@ class Coordinate:
         moved = self._snap_unit(self.to_unit(value) + k * step)
         return None if self.key(moved) == self.key(value) else moved
 
+    def lattice(self) -> list[Any]:
+        """Every value the search can reach: ``start`` moved by whole ``min_step`` s, clipped
+        to the bounds, in increasing unit order (the grid random search and TPE sample)."""
+        values, below, above = [self.start], self.start, self.start
+        while (below := self.move(below, -1, self.min_step)) is not None:
+            values.insert(0, below)
+        while (above := self.move(above, 1, self.min_step)) is not None:
+            values.append(above)
+        return values
+
     def refine(self, step: float) -> float:
         """Half of ``step``, not below ``min_step`` (rounded down on integer scales)."""
         half = step // 2 if self.scale in _INTEGER_SCALES else step / 2
@@ -288,9 +298,61 @@ class SearchSpace:
         moved = coordinate.move(point[name], k, coordinate.step if step is None else step)
         return None if moved is None else {**point, name: moved}
 
+    def shift(self, point: Mapping[str, Any], move: Mapping[str, float]) -> dict[str, Any] | None:
+        """``point`` displaced by ``move`` (``{name: units}``), each coordinate clipped to its
+        bounds; None when no coordinate changes."""
+        shifted = dict(point)
+        for name, units in move.items():
+            moved = self[name].move(point[name], 1, units)
+            if moved is not None:
+                shifted[name] = moved
+        return None if self.key(shifted) == self.key(point) else shifted
+
+    def lattice(self) -> list[dict[str, Any]]:
+        """Every point of the product lattice (:meth:`Coordinate.lattice`), first coordinate
+        slowest."""
+        points: list[dict[str, Any]] = [{}]
+        for coordinate in self.coordinates:
+            points = [{**p, coordinate.name: v} for p in points for v in coordinate.lattice()]
+        return points
+
     def to_tune_space(self) -> dict[str, Domain]:
         """Flat ``{name: ray.tune domain}`` over the same bounds, for random search and ASHA."""
         return {c.name: c.to_tune() for c in self.coordinates}
+
+
+def space_config(cfg: Any) -> dict[str, dict[str, Any]]:
+    """A ``tune`` config's ``space`` section flattened to ``{dotted config key: fields}``."""
+    from omegaconf import OmegaConf
+
+    flat: dict[str, dict[str, Any]] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if isinstance(value, dict) and "scale" not in value:
+                walk(value, name + ".")
+            else:
+                flat[name] = value
+
+    walk(OmegaConf.to_container(cfg.space, resolve=True), "")
+    return flat
+
+
+def space_from_config(cfg: Any) -> SearchSpace:
+    """The ``SearchSpace`` of a ``tune`` config; one-line ``ValueError`` naming ``space``."""
+    from omegaconf import OmegaConf
+
+    coordinates = space_config(cfg)
+    if not coordinates:
+        raise ValueError("space: the search space is empty")
+    for name in coordinates:
+        if OmegaConf.select(cfg, name, default="__missing__") == "__missing__":
+            raise ValueError(f"space: {name!r} is not a config key")
+    try:
+        return SearchSpace.from_dict(coordinates)
+    except ValueError as err:
+        raise ValueError(f"space: {err}") from None
 
 
 def as_search_space(space: SearchSpace | Mapping[str, Mapping[str, Any]]) -> SearchSpace:
@@ -298,4 +360,11 @@ def as_search_space(space: SearchSpace | Mapping[str, Mapping[str, Any]]) -> Sea
     return space if isinstance(space, SearchSpace) else SearchSpace.from_dict(space)
 
 
-__all__ = ["SCALES", "Coordinate", "SearchSpace", "as_search_space"]
+__all__ = [
+    "SCALES",
+    "Coordinate",
+    "SearchSpace",
+    "as_search_space",
+    "space_config",
+    "space_from_config",
+]

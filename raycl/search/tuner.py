@@ -1,13 +1,9 @@
 """``raycl tune``: the balance search as a Ray Tune experiment.
 
-Three methods over the same space, trainable and budget, so they can be compared:
-
-* ``cd``: :class:`raycl.search.CoordinateDescentSearcher`;
-* ``random``: Tune's ``BasicVariantGenerator`` over the equivalent Tune space;
-* ``asha``: random search with ``ASHAScheduler`` stopping trials early (epochs as time).
-
-Every trial is a real training run (:func:`raycl.train.run_training`) reporting once per
-epoch: in the trial's own process (``cluster.num_workers=0``) or as a ``TorchTrainer`` worker
+Every method of :mod:`raycl.search.methods` (``cd``, ``random``, ``asha``, ``tpe``, ``gp``)
+runs over the same space, trainable and budget, so they can be compared. Every trial is a
+real training run (:func:`raycl.train.run_training`) reporting once per epoch: in the trial's
+own process (``cluster.num_workers=0``) or as a ``TorchTrainer`` worker
 group whose reports reach Tune through ``TuneReportCallback``. A budget in epochs
 (``search.budget_epochs``) stops the whole experiment once that many epochs were trained
 over all trials, so methods compare at equal compute.
@@ -24,15 +20,25 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from ray.tune.stopper import Stopper
 
-from raycl.config import search_space_dict, to_dict, validate
+from raycl.config import ConfigError, load_config, to_dict, validate
+from raycl.search.methods import SEARCH_MARKER, build_search, check_search
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
-from raycl.search.space import SearchSpace
+from raycl.search.space import space_from_config
 from raycl.train import connect_ray, run_training, storage_path, trainer_for
 
 SEARCHER_PATH_FILE = "cd_path.json"
-# A constant config entry CD trials carry: Tune hands a searcher its metric and mode only
-# with a non-empty param_space. Not a training setting.
-CD_MARKER = "raycl_search"
+
+
+def load_tune_config(overrides: list[str] | None = None) -> DictConfig:
+    """The ``tune`` config (``conf/tune.yaml`` + overrides), its ``search`` and ``space``
+    sections checked: one-line :class:`~raycl.config.ConfigError` naming the key."""
+    cfg = load_config(overrides, config_name="tune")
+    try:
+        check_search(cfg.search)
+        space_from_config(cfg)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return cfg
 
 
 @dataclass
@@ -108,43 +114,21 @@ def make_trainable(cfg: DictConfig):
 def build_tuner(cfg: DictConfig):
     """The ``ray.tune.Tuner`` (and the CD searcher, if any) for a ``tune`` config."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
 
     search = cfg.search
-    space = SearchSpace.from_dict(search_space_dict(cfg))
-    trainable = make_trainable(cfg)
-    searcher = scheduler = None
-    if search.method == "cd":
-        searcher = CoordinateDescentSearcher(
-            space,
-            eps=search.eps,
-            repeats=search.repeats,
-            max_trials=search.budget_trials,
-            seed=cfg.seed,
-        )
-        param_space: dict[str, Any] = {CD_MARKER: "cd"}
-    else:
-        searcher = BasicVariantGenerator(random_state=cfg.seed)
-        param_space = {**space.to_tune_space(), SEED_KEY: cfg.seed}
-        if search.method == "asha":
-            scheduler = ASHAScheduler(
-                time_attr="training_iteration",
-                max_t=cfg.epochs,
-                grace_period=search.grace_period,
-                reduction_factor=search.reduction_factor,
-            )
-    num_samples = search.budget_trials or -1
+    plan = build_search(space_from_config(cfg), search, cfg.seed, cfg.epochs)
     tuner = tune.Tuner(
-        trainable,
-        param_space=param_space,
+        make_trainable(cfg),
+        param_space=plan.param_space,
         tune_config=tune.TuneConfig(
             metric=search.metric,
             mode=search.mode,
-            search_alg=searcher,
-            scheduler=scheduler,
-            num_samples=num_samples,
+            search_alg=plan.searcher,
+            scheduler=plan.scheduler,
+            num_samples=search.budget_trials or -1,
             max_concurrent_trials=search.max_concurrent_trials,
+            # A trial's actor trains the next trial too: no process start-up per trial.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
@@ -154,38 +138,50 @@ def build_tuner(cfg: DictConfig):
             verbose=1,
         ),
     )
-    return tuner, searcher if isinstance(searcher, CoordinateDescentSearcher) else None
+    cd = plan.searcher if isinstance(plan.searcher, CoordinateDescentSearcher) else None
+    return tuner, cd
 
 
 def point_key(config: dict[str, Any]) -> tuple:
     """A trial config's identity as a point of the space: its settings without the seed."""
-    return tuple(sorted((k, v) for k, v in config.items() if k not in (CD_MARKER, SEED_KEY)))
+    return tuple(sorted((k, v) for k, v in config.items() if k not in (SEARCH_MARKER, SEED_KEY)))
 
 
-def best_point(results: Iterable[Any], metric: str, mode: str) -> tuple[dict, dict]:
+def best_mean(points: dict[Any, list[float]], mode: str) -> Any:
+    """The key of ``points`` (point -> its trials' metrics) with the best mean metric."""
+    sign = 1.0 if mode == "max" else -1.0
+    return max(points, key=lambda key: sign * statistics.fmean(points[key]))
+
+
+def best_point(
+    results: Iterable[Any], metric: str, mode: str, epochs: int | None = None
+) -> tuple[dict, dict]:
     """The best configuration and its metrics, from trials' last reports.
 
-    Trials of one configuration with different seeds (CD's ``repeats``) form one point, scored
-    by the mean of their ``metric``; its metrics are the means over those trials, plus
-    ``trials``. With one trial per configuration this is Tune's best trial.
+    Trials of one configuration with different seeds (``search.repeats``, CD's
+    confirmations) form one point, scored by the mean of their ``metric``; its metrics are
+    the means over those trials, plus ``trials``. Only trials that trained all ``epochs``
+    count when there are any (a trial ASHA stopped early is a lower-fidelity measurement).
     """
-    points: dict[tuple, list[dict[str, Any]]] = {}
-    for result in results:
-        if result.error is None and result.metrics and metric in result.metrics:
-            points.setdefault(point_key(result.config), []).append(result.metrics)
-    if not points:
+    finished = [
+        (r.config, r.metrics) for r in results if r.error is None and metric in (r.metrics or {})
+    ]
+    full = [(c, m) for c, m in finished if m.get("training_iteration") == epochs]
+    pairs = full or finished
+    if not pairs:
         raise RuntimeError(f"no trial reported search.metric {metric!r}")
-    sign = 1.0 if mode == "max" else -1.0
-    key, reports = max(
-        points.items(), key=lambda item: sign * statistics.mean(r[metric] for r in item[1])
-    )
+    points: dict[tuple, list[dict[str, Any]]] = {}
+    for config, report in pairs:
+        points.setdefault(point_key(config), []).append(report)
+    key = best_mean({k: [r[metric] for r in v] for k, v in points.items()}, mode)
+    chosen = points[key]
     numeric = [
-        k for k, v in reports[0].items() if isinstance(v, int | float) and not isinstance(v, bool)
+        k for k, v in chosen[0].items() if isinstance(v, int | float) and not isinstance(v, bool)
     ]
     means = {
-        k: statistics.mean(r[k] for r in reports) for k in numeric if all(k in r for r in reports)
+        k: statistics.mean(r[k] for r in chosen) for k in numeric if all(k in r for r in chosen)
     }
-    return dict(key), {**means, "trials": len(reports)}
+    return dict(key), {**means, "trials": len(chosen)}
 
 
 def run_search(cfg: DictConfig) -> SearchOutcome:
@@ -207,7 +203,7 @@ def run_search(cfg: DictConfig) -> SearchOutcome:
     else:
         tuner, searcher = build_tuner(cfg)
     results = tuner.fit()
-    best_config, best_metrics = best_point(results, cfg.search.metric, cfg.search.mode)
+    best_config, best_metrics = best_point(results, cfg.search.metric, cfg.search.mode, cfg.epochs)
     moves = searcher.path if searcher is not None else None
     if moves is not None and "://" not in experiment:
         Path(experiment, SEARCHER_PATH_FILE).write_text(json.dumps(moves, default=str))

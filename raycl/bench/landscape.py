@@ -1,0 +1,216 @@
+"""``raycl bench landscape``: every lattice point of a search space, trained with several seeds.
+
+A *tabular benchmark* (Klein & Hutter 2019; NAS-Bench, HPOBench): the metric of every
+configuration a search could propose is computed once, with ``--seeds`` seeds and every
+epoch's metrics kept, so that searches can then be replayed hundreds of times by looking
+results up (:mod:`raycl.bench.replay`) instead of training. The configurations are those of
+``raycl tune`` with the same overrides: the space's lattice (:meth:`SearchSpace.lattice`),
+each trained by the real training loop (:func:`raycl.train.run_training`). The work runs on
+one long-lived Ray actor per CPU (no per-run start-up), each finished run is appended to a
+JSON-lines file at once (``--resume`` skips what is there), and the Parquet table is
+rewritten atomically as runs finish. Jobs go seed by seed, so a partial table covers the whole
+lattice with its first seeds.
+
+The table has one row per (configuration, seed, epoch): the searched keys as columns, then
+``seed``, ``epoch`` (1-based: Tune's ``training_iteration``), the reported metrics and
+``run_seconds`` (the run's wall time in its actor). Its schema metadata holds the overrides,
+the space and how it was built.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from collections.abc import Iterable
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from raycl.bench.measure import cpu_model
+
+METADATA_KEY = b"raycl.landscape"
+
+
+def tune_config(overrides: list[str]):
+    """The ``raycl tune`` config the landscape tabulates (same defaults and space)."""
+    from raycl.search.tuner import load_tune_config
+
+    return load_tune_config(overrides)
+
+
+def jobs(cfg, seeds: int) -> list[tuple[dict[str, Any], int]]:
+    """(lattice point, seed) pairs, seed-major: each seed covers the whole lattice first."""
+    from raycl.search.space import space_from_config
+
+    space = space_from_config(cfg)
+    return [(point, cfg.seed + s) for s in range(seeds) for point in space.lattice()]
+
+
+def _train_run(base: dict[str, Any], point: dict[str, Any], seed: int) -> dict[str, Any]:
+    """One training run in this process: its per-epoch reports and wall time."""
+    import torch
+
+    from raycl.search.tuner import trial_config
+    from raycl.session import LocalSession
+    from raycl.train import run_training
+
+    torch.set_num_threads(1)
+    config = trial_config(base, {**point, "seed": seed})
+    session = LocalSession()
+    started = time.perf_counter()
+    run_training(config, session)
+    return {
+        "point": point,
+        "seed": seed,
+        "reports": session.reports,
+        "run_seconds": time.perf_counter() - started,
+    }
+
+
+def rows_of(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table rows of one finished run (one per epoch)."""
+    return [
+        {
+            **run["point"],
+            "seed": run["seed"],
+            **{k: v for k, v in report.items() if isinstance(v, int | float)},
+            "epoch": int(report["epoch"]) + 1,
+            "run_seconds": run["run_seconds"],
+        }
+        for report in run["reports"]
+    ]
+
+
+def read_rows(output: Path) -> list[dict[str, Any]]:
+    """Rows of the runs finished so far (the JSON lines beside ``output``)."""
+    partial = _partial(output)
+    if not partial.exists():
+        return []
+    return [row for line in partial.read_text().splitlines() for row in json.loads(line)]
+
+
+def write_table(rows: list[dict[str, Any]], output: Path, metadata: dict[str, Any]) -> None:
+    """The Parquet table, written under a temporary name and renamed (never half-written)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    table = table.replace_schema_metadata(
+        {**(table.schema.metadata or {}), METADATA_KEY: json.dumps(metadata).encode()}
+    )
+    tmp = output.with_name(output.name + ".tmp")
+    pq.write_table(table, tmp)
+    tmp.replace(output)
+
+
+def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """A landscape table and its metadata (overrides, space, metric, ...)."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    metadata = json.loads((table.schema.metadata or {})[METADATA_KEY])
+    return table.to_pandas(), metadata
+
+
+def _partial(output: Path) -> Path:
+    return output.with_name(output.name + ".partial.jsonl")
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Train the missing (point, seed) runs on Ray actors; return the table's path."""
+    import ray
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from raycl.config import to_dict
+    from raycl.search.space import space_config
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cfg = tune_config(args.overrides)
+    base = {k: v for k, v in to_dict(cfg).items() if k not in ("search", "space")}
+    metadata = {
+        "overrides": args.overrides,
+        "space": space_config(cfg),
+        "metric": cfg.search.metric,
+        "mode": cfg.search.mode,
+        "epochs": cfg.epochs,
+        "seeds": args.seeds,
+        "command": "raycl bench landscape " + " ".join(_argv(args)),
+        "machine": f"{cpu_model()}, {os.cpu_count()} cores",
+        "date": str(date.today()),
+    }
+    if not args.resume:
+        _partial(output).unlink(missing_ok=True)
+    rows = read_rows(output)
+    done = {(json.dumps(_point_of(row, metadata), sort_keys=True), row["seed"]) for row in rows}
+    todo = [
+        (p, s) for p, s in jobs(cfg, args.seeds) if (json.dumps(p, sort_keys=True), s) not in done
+    ]
+    print(f"landscape: {len(done)} runs done, {len(todo)} to train on {args.workers} actors")
+    if todo:
+        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False)
+        trainer = ray.remote(num_cpus=1)(_Trainer)
+        pool = ray.util.ActorPool([trainer.remote() for _ in range(args.workers)])
+        columns = (
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+        )
+        with Progress(*columns) as progress, _partial(output).open("a") as partial:
+            task = progress.add_task("landscape", total=len(todo))
+            runs = pool.map_unordered(lambda a, job: a.train.remote(base, *job), todo)
+            for finished, result in enumerate(runs, 1):
+                new = rows_of(result)
+                partial.write(json.dumps(new) + "\n")
+                partial.flush()
+                rows += new
+                progress.advance(task)
+                if finished % args.flush_every == 0:
+                    write_table(rows, output, metadata)
+        ray.shutdown()
+    write_table(rows, output, metadata)
+    return output
+
+
+class _Trainer:
+    """A Ray actor that trains one landscape run after another in its own process."""
+
+    def train(self, base: dict[str, Any], point: dict[str, Any], seed: int) -> dict[str, Any]:
+        return _train_run(base, point, seed)
+
+
+def _point_of(row: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    return {name: row[name] for name in metadata["space"]}
+
+
+def _argv(args: argparse.Namespace) -> Iterable[str]:
+    yield f"--seeds {args.seeds} --workers {args.workers} --output {args.output}"
+    yield from args.overrides
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench landscape``."""
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per lattice point")
+    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="Ray actors")
+    parser.add_argument("--output", default="benchmarks/landscape.parquet")
+    parser.add_argument("--resume", action="store_true", help="keep the runs already done")
+    parser.add_argument("--address", help="Ray cluster to join (default: a fresh local one)")
+    parser.add_argument("--flush-every", type=int, default=10, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the tune config")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Build (or complete) the table."""
+    print(f"wrote {run(args)}")

@@ -1,0 +1,290 @@
+"""Balance searches replayed on a landscape table: the real searchers, no training.
+
+A replay drives one method's real Tune objects — built by
+:func:`raycl.search.methods.build_search` exactly as ``raycl tune`` builds them, behind Tune's
+own ``ConcurrencyLimiter`` — through the calls Tune's controller makes (``suggest``,
+``on_trial_result``, ``on_trial_complete``; a scheduler's ``on_trial_add``,
+``on_trial_result``, ``on_trial_complete``), on a simulated clock of one time unit per epoch
+with ``concurrency`` trials in flight. A trial's per-epoch metrics are looked up in the table
+(:mod:`raycl.bench.landscape`): each lookup draws one of the point's seeds, without
+replacement until they are used up, so a repeat or a confirmation sees another seed; with
+``crn`` (common random numbers, as one real search sees them) a trial with seed ``s`` sees table
+seed ``s`` mod the number of seeds (replay ``r`` searches with seed ``r``).
+
+The incumbent after each finished trial is what ``raycl tune`` would recommend then
+(:func:`raycl.search.tuner.best_mean` over full-length trials); its *regret* is the best table
+mean minus the incumbent's table mean, in metric points: what the recommendation really costs,
+free of the luck of the trial that made it look best (as FCNet and HPOBench score it).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from raycl.search.space import SearchSpace
+
+PointKey = tuple
+
+
+@dataclass
+class Landscape:
+    """Every lattice point's per-epoch metric curves (seeds × epochs), from a table."""
+
+    space: SearchSpace
+    metric: str
+    mode: str
+    epochs: int
+    curves: dict[PointKey, np.ndarray]
+    overrides: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_table(cls, table: pd.DataFrame, metadata: dict[str, Any]) -> Landscape:
+        """The landscape of a table written by ``raycl bench landscape``."""
+        space = SearchSpace.from_dict(metadata["space"])
+        metric, epochs = metadata["metric"], int(metadata["epochs"])
+        curves: dict[PointKey, np.ndarray] = {}
+        for values, runs in table.groupby(space.names, sort=False):
+            point = dict(zip(space.names, values, strict=True))
+            by_seed = [
+                run.sort_values("epoch")[metric].to_numpy(float)
+                for _, run in runs.groupby("seed", sort=True)
+            ]
+            complete = [c for c in by_seed if len(c) == epochs]
+            if complete:
+                curves[space.key(point)] = np.stack(complete)
+        return cls(space, metric, metadata["mode"], epochs, curves, metadata.get("overrides", []))
+
+    @property
+    def sign(self) -> float:
+        """+1 when larger metrics are better, -1 otherwise."""
+        return 1.0 if self.mode == "max" else -1.0
+
+    def mean(self, key: PointKey) -> float:
+        """The point's final-epoch metric, mean over its seeds."""
+        return float(self.curves[key][:, -1].mean())
+
+    @property
+    def best_key(self) -> PointKey:
+        return max(self.curves, key=lambda k: self.sign * self.mean(k))
+
+    @property
+    def start_key(self) -> PointKey:
+        return self.space.key(self.space.start_point())
+
+    def regret(self, key: PointKey) -> float:
+        """How much worse the point's table mean is than the best point's (>= 0)."""
+        return self.sign * (self.mean(self.best_key) - self.mean(key))
+
+    @property
+    def sigma(self) -> float:
+        """Pooled within-point standard deviation of one run's final metric (seed noise)."""
+        finals = [c[:, -1] for c in self.curves.values() if len(c) >= 2]
+        return math.sqrt(float(np.mean([np.var(f, ddof=1) for f in finals])))
+
+    def share_within(self, delta: float) -> float:
+        """Share of the lattice whose table mean is within ``delta`` of the best."""
+        return float(np.mean([self.regret(k) <= delta for k in self.curves]))
+
+    def missing(self) -> int:
+        """Lattice points with no complete run in the table."""
+        return len(self.space.lattice()) - len(self.curves)
+
+    def gate(self, delta: float) -> Gate:
+        """Whether the landscape can decide between search methods (see :class:`Gate`)."""
+        sigma = self.sigma
+        return Gate(
+            sigma=sigma,
+            delta=delta,
+            start=self.mean(self.start_key),
+            best=self.mean(self.best_key),
+            start_sigmas=self.regret(self.start_key) / sigma,
+            share=self.share_within(delta),
+            points=len(self.curves),
+            seeds=int(np.median([len(c) for c in self.curves.values()])),
+        )
+
+
+@dataclass(frozen=True)
+class Gate:
+    """The landscape decides only if the start is more than 3σ worse than the best point
+    and at most 5 % of the lattice lies within δ of the best (else search is trivial)."""
+
+    sigma: float
+    delta: float
+    start: float
+    best: float
+    start_sigmas: float
+    share: float
+    points: int
+    seeds: int
+
+    @property
+    def decides(self) -> bool:
+        return self.start_sigmas > 3 and self.share <= 0.05
+
+    def report(self) -> str:
+        verdict = "passes: the landscape can decide" if self.decides else "FAILS"
+        return "\n".join(
+            [
+                f"Gate ({self.points} lattice points × {self.seeds} seeds): {verdict}.",
+                f"- pooled seed SD σ = {self.sigma:.2f} points; δ = {self.delta:.2f}",
+                f"- start {self.start:.2f} vs best {self.best:.2f}: "
+                f"{self.start_sigmas:.1f} σ apart (needs > 3)",
+                f"- share of the lattice within δ of the best: {self.share:.1%} (needs ≤ 5 %)",
+            ]
+        )
+
+
+@dataclass
+class Trace:
+    """One replay: after each finished trial, the epochs spent and the incumbent's regret."""
+
+    method: str
+    replay: int
+    epochs: list[int] = field(default_factory=list)  # all trials' epochs so far
+    regret: list[float] = field(default_factory=list)  # math.inf before a full trial
+    recommended: PointKey | None = None
+    trials: list[tuple[int, PointKey, int]] = field(default_factory=list)  # (start, point, epochs)
+
+    def reach(self, delta: float) -> tuple[int, int] | None:
+        """(finished trials, epochs) when the regret first fell to ``delta``; None if never."""
+        for i, regret in enumerate(self.regret):
+            if regret <= delta:
+                return i + 1, self.epochs[i]
+        return None
+
+    @property
+    def final_regret(self) -> float:
+        return self.regret[-1] if self.regret else math.inf
+
+
+@dataclass
+class _Trial:
+    trial_id: str
+    key: PointKey
+    curve: np.ndarray
+    started: int  # clock time
+    order: int
+    done: int = 0  # epochs reported
+
+
+class _Lookup:
+    """Draws a point's seed for each lookup: without replacement until used up (or, with
+    ``crn``, the trial's own seed modulo the table's seeds)."""
+
+    def __init__(self, landscape: Landscape, rng: np.random.Generator, crn: bool) -> None:
+        self.landscape, self.rng, self.crn = landscape, rng, crn
+        self.unused: dict[PointKey, list[int]] = {}
+
+    def curve(self, key: PointKey, seed: int) -> np.ndarray:
+        curves = self.landscape.curves[key]
+        if self.crn:
+            return curves[seed % len(curves)]
+        unused = self.unused.get(key) or list(self.rng.permutation(len(curves)))
+        self.unused[key] = unused
+        return curves[unused.pop()]
+
+
+def replay(
+    landscape: Landscape,
+    search: Any,
+    *,
+    replay_index: int,
+    concurrency: int,
+    budget_epochs: int | None,
+    budget_trials: int | None,
+    crn: bool = False,
+) -> Trace:
+    """One search of ``search.method`` (a ``search`` config section) on the landscape."""
+    from ray.tune.search import ConcurrencyLimiter, Searcher
+
+    from raycl.search.methods import build_search
+    from raycl.search.searcher import SEED_KEY
+    from raycl.search.tuner import best_mean
+
+    plan = build_search(landscape.space, search, replay_index, landscape.epochs)
+    searcher = ConcurrencyLimiter(plan.searcher, max_concurrent=concurrency)
+    searcher.set_search_properties(landscape.metric, landscape.mode, dict(plan.param_space))
+    scheduler = plan.scheduler
+    if scheduler is not None:
+        scheduler.set_search_properties(landscape.metric, landscape.mode)
+    lookup = _Lookup(landscape, np.random.default_rng(replay_index), crn)
+    trace = Trace(search.method, replay_index)
+    observed: dict[PointKey, list[float]] = {}
+    running: list[_Trial] = []
+    started = spent = clock = 0
+    exhausted = False
+
+    def fill() -> None:
+        nonlocal started, exhausted
+        while not exhausted and len(running) < concurrency:
+            if budget_trials is not None and started >= budget_trials:
+                exhausted = True
+                return
+            trial_id = f"t{started:05d}"
+            config = searcher.suggest(trial_id)
+            if config == Searcher.FINISHED:
+                exhausted = True
+                return
+            if config is None:
+                return
+            key = landscape.space.key(config)
+            curve = lookup.curve(key, int(config.get(SEED_KEY, replay_index)))
+            trial = _Trial(trial_id, key, curve, clock, started)
+            running.append(trial)
+            started += 1
+            if scheduler is not None:
+                scheduler.on_trial_add(None, SimpleNamespace(trial_id=trial_id))
+
+    fill()
+    while running:
+        trial = min(running, key=lambda t: (t.started + t.done + 1, t.order))
+        clock = trial.started + trial.done + 1
+        trial.done += 1
+        spent += 1
+        result = {
+            landscape.metric: float(trial.curve[trial.done - 1]),
+            "training_iteration": trial.done,
+        }
+        searcher.on_trial_result(trial.trial_id, result)
+        stop = trial.done == landscape.epochs
+        if scheduler is not None:
+            action = scheduler.on_trial_result(
+                None, SimpleNamespace(trial_id=trial.trial_id), result
+            )
+            stop = stop or action == "STOP"
+        if stop:
+            running.remove(trial)
+            searcher.on_trial_complete(trial.trial_id, result)
+            if scheduler is not None:
+                scheduler.on_trial_complete(None, SimpleNamespace(trial_id=trial.trial_id), result)
+            if trial.done == landscape.epochs:
+                observed.setdefault(trial.key, []).append(result[landscape.metric])
+            incumbent = best_mean(observed, landscape.mode) if observed else None
+            trace.epochs.append(spent)
+            trace.regret.append(math.inf if incumbent is None else landscape.regret(incumbent))
+            trace.recommended = incumbent
+            trace.trials.append((trial.order, trial.key, trial.done))
+        if budget_epochs is not None and spent >= budget_epochs:
+            break  # Tune's stop_all: the experiment ends, running trials with it
+        fill()
+    return trace
+
+
+def replays(
+    landscape: Landscape,
+    searches: list[Any],
+    count: int,
+    **options: Any,
+) -> Iterator[Trace]:
+    """``count`` replays of every search, replay-major (so partial results stay balanced)."""
+    for index in range(count):
+        for search in searches:
+            yield replay(landscape, search, replay_index=index, **options)

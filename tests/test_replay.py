@@ -1,0 +1,334 @@
+"""Search methods by name, replays on a landscape table, and the report of
+``raycl bench search`` (no Ray cluster: the searchers are driven as Tune would)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from ray.tune.search import Searcher
+
+from raycl.bench.replay import Landscape, replay
+from raycl.config import SearchConfig
+from raycl.search.methods import (
+    METHODS,
+    LatticeSearcher,
+    SeedRepeater,
+    build_search,
+    check_search,
+)
+from raycl.search.searcher import SEED_KEY
+from raycl.search.space import SearchSpace
+
+SPACE = {
+    "loss.temperature": {
+        "scale": "log2",
+        "lower": 0.125,
+        "upper": 1.0,
+        "start": 0.5,
+        "step": 1.0,
+        "min_step": 1.0,
+    },
+    "loss.weight": {
+        "scale": "log2",
+        "lower": 0.25,
+        "upper": 4.0,
+        "start": 1.0,
+        "step": 1.0,
+        "min_step": 1.0,
+    },
+    "data.batch_size": {"scale": "pow2", "lower": 32, "upper": 128, "start": 64},
+}
+
+
+def search_section(method: str, **settings: Any) -> SimpleNamespace:
+    return SimpleNamespace(
+        **{**vars(SearchConfig()), "method": method, "metric": "acc", **settings}
+    )
+
+
+def quadratic_table(seeds: int = 2, epochs: int = 3, noise: float = 0.3) -> pd.DataFrame:
+    """A landscape with its optimum at (0.25, 2, 32) and a noisy seed offset per run."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for point in SearchSpace.from_dict(SPACE).lattice():
+        u = math.log2(point["loss.temperature"]) + 2
+        v = math.log2(point["loss.weight"]) - 1
+        b = math.log2(point["data.batch_size"]) - 5
+        value = 80 - 3 * u * u - 2 * v * v - b * b
+        for seed in range(seeds):
+            shift = rng.normal(0, noise)
+            for epoch in range(1, epochs + 1):
+                rows.append(
+                    {**point, "seed": seed, "epoch": epoch, "acc": value * epoch / epochs + shift}
+                )
+    return pd.DataFrame(rows)
+
+
+METADATA = {"space": SPACE, "metric": "acc", "mode": "max", "epochs": 3, "overrides": []}
+
+
+@pytest.fixture(scope="module")
+def landscape() -> Landscape:
+    return Landscape.from_table(quadratic_table(), METADATA)
+
+
+# -- the methods ------------------------------------------------------------------------------
+
+
+def drive(searcher: Searcher, objective, trials: int) -> list[dict[str, Any]]:
+    searcher.set_search_properties("acc", "max", {})
+    seen = []
+    for i in range(trials):
+        config = searcher.suggest(f"t{i}")
+        assert isinstance(config, dict)
+        seen.append(config)
+        searcher.on_trial_complete(f"t{i}", {"acc": objective(config)})
+    return seen
+
+
+@pytest.mark.parametrize("method", ["random", "tpe"])
+def test_optuna_methods_start_at_the_start_and_stay_on_the_lattice(method: str) -> None:
+    space = SearchSpace.from_dict(SPACE)
+    plan = build_search(space, search_section(method), seed=3, epochs=3)
+    seen = drive(plan.searcher, lambda c: -c["loss.weight"], trials=12)
+    assert {k: seen[0][k] for k in space.names} == space.start_point()
+    lattice = {tuple(sorted(p.items())) for p in space.lattice()}
+    assert all(tuple(sorted((k, c[k]) for k in space.names)) in lattice for c in seen)
+    assert all(c[SEED_KEY] == 3 for c in seen)
+    assert len({tuple(sorted(c.items())) for c in seen}) > 4
+
+
+def test_tpe_has_the_fair_settings() -> None:
+    space = SearchSpace.from_dict(SPACE)
+    plan = build_search(space, search_section("tpe"), seed=0, epochs=3)
+    sampler = plan.searcher._optuna._sampler
+    assert sampler._n_startup_trials == 2 * 3 + 1
+    assert sampler._multivariate and sampler._constant_liar
+
+
+class Spy(Searcher):
+    """Suggests one fixed point per call and records what it is told."""
+
+    def __init__(self) -> None:
+        super().__init__(metric="acc", mode="max")
+        self.told: list[tuple[str, dict]] = []
+
+    def suggest(self, trial_id: str) -> dict[str, Any]:
+        return {"x": len(self.told), SEED_KEY: 10}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, **kwargs) -> None:
+        self.told.append((trial_id, result))
+
+
+def test_seed_repeater_trains_every_point_on_consecutive_seeds_and_reports_the_mean() -> None:
+    spy = Spy()
+    repeater = SeedRepeater(spy, repeat=3)
+    configs = [repeater.suggest(f"t{i}") for i in range(3)]
+    assert [c[SEED_KEY] for c in configs] == [10, 11, 12]
+    assert all(c["x"] == 0 and "__trial_index__" not in c for c in configs)
+    for i, value in enumerate((1.0, 2.0, 6.0)):
+        repeater.on_trial_complete(f"t{i}", {"acc": value})
+    assert spy.told == [("t0", {"acc": 3.0})]
+
+
+def test_repeats_wrap_optuna_methods_and_cd_repeats_itself() -> None:
+    space = SearchSpace.from_dict(SPACE)
+    assert isinstance(
+        build_search(space, search_section("tpe", repeats=2), 0, 3).searcher, SeedRepeater
+    )
+    assert isinstance(build_search(space, search_section("random"), 0, 3).searcher, LatticeSearcher)
+    assert build_search(space, search_section("asha"), 0, 3).scheduler is not None
+    assert set(METHODS) == {"cd", "random", "asha", "tpe", "gp"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"method": "grid"}, r"search.method must be one of \['cd'"),
+        ({"repeats": 0}, "search.repeats must be >= 1"),
+        ({"noise": -1.0}, "search.noise must be >= 0 or null"),
+        ({"budget_trials": None, "budget_epochs": None}, "set search.budget_trials"),
+    ],
+)
+def test_bad_search_sections_are_one_line(settings: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        check_search(SimpleNamespace(**{**vars(search_section("cd")), **settings}))
+
+
+# -- the landscape and its replays ------------------------------------------------------------
+
+
+def test_landscape_means_regret_and_gate(landscape: Landscape) -> None:
+    best = landscape.space.key(
+        {"loss.temperature": 0.25, "loss.weight": 2.0, "data.batch_size": 32}
+    )
+    assert landscape.best_key == best and landscape.regret(best) == 0
+    start = landscape.start_key
+    assert landscape.regret(start) == pytest.approx(landscape.mean(best) - landscape.mean(start))
+    gate = landscape.gate(landscape.sigma)
+    assert 0.05 < gate.sigma < 1.0 and gate.start_sigmas > 3
+    assert gate.share == pytest.approx(1 / 60)  # only the optimum is within δ
+    assert gate.decides and "passes" in gate.report()
+    assert landscape.missing() == 0
+
+
+@pytest.mark.parametrize("method", ["cd", "random", "asha", "tpe"])
+def test_replays_respect_the_budget_and_find_the_optimum(landscape, method) -> None:
+    search = search_section(method, noise=0.0, eps=0.0)
+    trace = replay(
+        landscape, search, replay_index=0, concurrency=2, budget_epochs=90, budget_trials=None
+    )
+    assert trace.epochs == sorted(trace.epochs) and trace.epochs[-1] <= 90
+    assert all(r >= 0 for r in trace.regret)
+    if method != "asha":  # the start is the first trial to finish
+        assert trace.regret[0] == pytest.approx(landscape.regret(landscape.start_key))
+    if method == "cd":
+        assert trace.reach(0.0) is not None and trace.final_regret == 0.0
+
+
+def test_asha_stops_poor_trials_early(landscape) -> None:
+    trace = replay(
+        landscape,
+        search_section("asha"),
+        replay_index=1,
+        concurrency=2,
+        budget_epochs=90,
+        budget_trials=None,
+    )
+    assert len(trace.regret) > 90 / 3  # more trials than full ones fit in the budget
+
+
+def test_lookups_draw_another_seed_for_a_repeat(landscape) -> None:
+    search = search_section("cd", repeats=2)
+    trace = replay(
+        landscape, search, replay_index=0, concurrency=2, budget_epochs=12, budget_trials=None
+    )
+    assert len(trace.regret) == 4  # start (2 seeds) + the two probes' first seeds
+    start = landscape.curves[landscape.start_key][:, -1]
+    assert start[0] != start[1]
+
+
+def test_common_random_numbers_give_the_same_search_twice(landscape) -> None:
+    search = search_section("random")
+    runs = [
+        replay(
+            landscape,
+            search,
+            replay_index=4,
+            concurrency=1,
+            budget_epochs=30,
+            budget_trials=None,
+            crn=True,
+        )
+        for _ in range(2)
+    ]
+    assert runs[0].regret == runs[1].regret
+
+
+# -- the report, end to end -------------------------------------------------------------------
+
+
+def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
+    from raycl.bench import search
+    from raycl.bench.landscape import write_table
+    from raycl.cli import build_parser
+
+    table = tmp_path / "landscape.parquet"
+    write_table(quadratic_table().to_dict("records"), table, METADATA)
+    out = tmp_path / "search.md"
+    args = build_parser().parse_args(
+        [
+            "bench",
+            "search",
+            str(table),
+            "--replays",
+            "3",
+            "--output",
+            str(out),
+            "--methods",
+            "cd:noise=start,eps=0",
+            "random",
+            "asha",
+            "tpe",
+        ]
+    )
+    search.main(args)
+    text = out.read_text()
+    assert "Gate (60 lattice points × 2 seeds): passes" in text
+    for row in (
+        "| cd:noise=start,eps=0 |",
+        "| random |",
+        "| asha |",
+        "| tpe |",
+        "| CD / random | trials |",
+        "| CD / asha | epochs |",
+        "| CD / tpe | trials |",
+        "CD reaches δ in ≥ 80 % of replays",
+    ):
+        assert row in text
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="search has no setting 'colour'"):
+        search.main(
+            build_parser().parse_args(
+                ["bench", "search", str(table), "--replays", "1", "--methods", "cd:colour=red"]
+            )
+        )
+
+
+# -- replays against the real Tune executor (slow) --------------------------------------------
+
+
+def table_trainable(config: dict[str, Any], landscape: Landscape) -> None:
+    """A trial that reports the table's curve for its point and seed (as ``crn`` looks up)."""
+    from ray import tune
+
+    curves = landscape.curves[landscape.space.key(config)]
+    for value in curves[config[SEED_KEY] % len(curves)]:
+        tune.report({"acc": float(value)})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("method", "concurrency"), [("cd", 2), ("cd", 1), ("random", 1), ("asha", 1), ("tpe", 1)]
+)
+def test_replays_decide_as_the_real_tuner_does(
+    ray_cluster, landscape, tmp_path, method, concurrency
+) -> None:
+    """The same searcher objects make the same decisions under Tune's own executor (with
+    the table as the trainable) as in a replay: same trials, same points, same epochs."""
+    from ray import tune
+
+    trials = 9
+    search = search_section(method, budget_trials=trials, noise=0.0, eps=0.0)
+    replayed = replay(
+        landscape,
+        search,
+        replay_index=2,
+        concurrency=concurrency,
+        budget_epochs=None,
+        budget_trials=trials,
+        crn=True,
+    )
+    plan = build_search(landscape.space, search, seed=2, epochs=landscape.epochs)
+    results = tune.Tuner(
+        tune.with_parameters(table_trainable, landscape=landscape),
+        param_space=plan.param_space,
+        tune_config=tune.TuneConfig(
+            metric="acc",
+            mode="max",
+            search_alg=plan.searcher,
+            scheduler=plan.scheduler,
+            num_samples=trials,
+            max_concurrent_trials=concurrency,
+            reuse_actors=True,
+        ),
+        run_config=tune.RunConfig(storage_path=str(tmp_path), verbose=0),
+    ).fit()
+    real = [(landscape.space.key(r.config), len(r.metrics_dataframe)) for r in results]
+    assert real == [(key, epochs) for _, key, epochs in sorted(replayed.trials)]
