@@ -305,29 +305,3 @@ def test_submit_without_token_is_refused(head_node, tmp_path):
         env={**env, "RAY_AUTH_TOKEN": "not-the-token"},
     )
     assert_one_line_error(wrong, "raycl: error:")
-
-
-# --- slow: the search benchmark end to end ----------------------------------------------------
-
-
-@pytest.mark.slow
-def test_bench_search_runs_rechecks_and_resumes(tmp_path):
-    report = tmp_path / "search.md"
-    args = ["bench", "search", "--methods", "cd", "random", "--seeds", "1", "--epochs", "1"]
-    args += ["--budget-epochs", "2", "--recheck-seeds", "1", "--storage-path", str(tmp_path)]
-    args += ["--output", str(report), *TINY_TRAINING[1:]]  # epochs come from --epochs
-    first = raycl(*args)
-    assert first.returncode == 0, first.stderr[-2000:]
-    runs = [json.loads(line) for line in report.with_suffix(".jsonl").read_text().splitlines()]
-    assert sorted(r["method"] for r in runs) == ["cd", "random"]
-    assert all(r["metrics"] and r["epochs"][-1] <= 2 for r in runs)
-    assert all(len(r["rechecked"]) == 1 and 0 < r["rechecked"][0] <= 100 for r in runs)
-    text = report.read_text()
-    for section in ("### Global target", "### Per-seed target", "### Best configurations"):
-        assert section in text
-    assert report.with_suffix(".png").stat().st_size > 0
-    # --resume finds every search done: nothing is trained again, the report is rebuilt.
-    again = raycl(*args, "--resume")
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "over 1 trials" not in again.stdout and "seed 0: best" not in again.stdout
-    assert report.with_suffix(".jsonl").read_text().count("\n") == 2
