@@ -273,7 +273,7 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
     ):
         assert row in text
     assert out.with_suffix(".png").stat().st_size > 10_000
-    with pytest.raises(ValueError, match="search has no setting 'colour'"):
+    with pytest.raises(ValueError, match="colour"):
         search.main(
             build_parser().parse_args(
                 ["bench", "search", str(table), "--replays", "1", "--methods", "cd:colour=red"]
@@ -332,3 +332,74 @@ def test_replays_decide_as_the_real_tuner_does(
     ).fit()
     real = [(landscape.space.key(r.config), len(r.metrics_dataframe)) for r in results]
     assert real == [(key, epochs) for _, key, epochs in sorted(replayed.trials)]
+
+
+@pytest.mark.slow
+def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> None:
+    """`raycl bench landscape` trains a 2 × 2 lattice with 2 seeds on Ray actors, then
+    `raycl bench search --live` replays it and runs each method for real against it."""
+    import subprocess
+    import sys
+
+    table = tmp_path / "landscape.parquet"
+    space = [
+        "space.loss.temperature.lower=0.0625",
+        "space.loss.temperature.upper=0.125",
+        "space.loss.temperature.min_step=1.0",
+        "space.loss.weight.lower=1.0",
+        "space.loss.weight.upper=2.0",
+        "space.loss.weight.min_step=1.0",
+        "~space.data",
+        "epochs=2",
+        "max_steps_per_epoch=2",
+        "eval.knn_k=20",
+        "data.batch_size=64",
+    ]
+    raycl = [sys.executable, "-m", "raycl.cli"]
+    built = subprocess.run(
+        [*raycl, "bench", "landscape", "--seeds", "2", "--output", str(table), *space],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert built.returncode == 0, built.stderr[-2000:]
+    frame = pd.read_parquet(table)
+    assert len(frame) == 2 * 2 * 2 * 2  # points × seeds × epochs
+    assert set(frame["seed"]) == {0, 1} and set(frame["epoch"]) == {1, 2}
+    again = subprocess.run(  # --resume: nothing left to train
+        [*raycl, "bench", "landscape", "--seeds", "2", "--output", str(table), "--resume", *space],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert "8 runs done, 0 to train" in again.stdout
+    report = tmp_path / "search.md"
+    searched = subprocess.run(
+        [
+            *raycl,
+            "bench",
+            "search",
+            str(table),
+            "--replays",
+            "2",
+            "--methods",
+            "cd",
+            "random",
+            "--budget-epochs",
+            "6",
+            "--live",
+            "--storage-path",
+            str(tmp_path / "runs"),
+            "--output",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert searched.returncode == 0, searched.stderr[-2000:]
+    text = report.read_text()
+    assert "### Live check" in text and "| cd |" in text and "| random |" in text
