@@ -2,7 +2,8 @@
 
 Class ``c`` has a prototype ``p_c ~ N(0, I)`` of shape ``item_shape``; item ``i`` of a split has
 label ``i mod num_classes`` and value ``p_label + noise · ε_i`` with ``ε_i ~ N(0, I)`` drawn
-from a generator seeded by ``(seed, split, i)``. An item is generated when it is read, in
+from numpy's generator seeded by the tuple ``(seed, split, i)`` (a ``SeedSequence``: no
+two items share a stream). An item is generated when it is read, in
 O(item size) time and memory, so a set of 65,536 (or millions of) items costs nothing to
 open; the prototypes (``num_classes × item size`` floats) are the only thing held. Meant for
 benchmarks, memory tests and GPU smoke tests: the classes are learnable but carry no meaning.
@@ -14,6 +15,7 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
@@ -54,8 +56,7 @@ class SyntheticDataset(Dataset):
         self.split, self.seed, self.noise, self.transform = split, seed, noise, transform
         self.num_items, self.item_shape = num_items, shape
         self.classes = [str(c) for c in range(num_classes)]
-        generator = torch.Generator().manual_seed(_item_seed(seed, -1, 0))
-        self.prototypes = torch.randn(num_classes, *shape, generator=generator)
+        self.prototypes = _normal((num_classes, *shape), seed, len(_SPLITS), 0)
 
     @property
     def targets(self) -> list[int]:
@@ -68,18 +69,17 @@ class SyntheticDataset(Dataset):
         if not 0 <= index < self.num_items:
             raise IndexError(f"index {index} out of range for {self.num_items} items")
         label = index % len(self.classes)
-        generator = torch.Generator().manual_seed(
-            _item_seed(self.seed, _SPLITS.index(self.split), index)
-        )
-        item = self.prototypes[label] + self.noise * torch.randn(
-            self.item_shape, generator=generator
-        )
+        noise = _normal(self.item_shape, self.seed, _SPLITS.index(self.split), index)
+        item = self.prototypes[label] + self.noise * noise
         return (item if self.transform is None else self.transform(item)), label
 
 
-def _item_seed(seed: int, split: int, index: int) -> int:
-    """A distinct 63-bit generator seed per (seed, split, item); split -1 is the prototypes."""
-    return ((seed % 2**20) * 4 + split + 1) * 2**40 + index
+def _normal(shape: tuple[int, ...], seed: int, stream: int, index: int) -> torch.Tensor:
+    """Standard normal float32 draws of ``shape`` from the stream ``(seed, stream, index)``:
+    stream 0 / 1 are the train / test items, 2 the prototypes. (Not torch's CPU generator:
+    it keeps only 32 bits of a seed, so distinct items would share streams.)"""
+    rng = np.random.default_rng((seed % 2**64, stream, index))
+    return torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
 
 
 def held_out_size(num_items: int) -> int:
