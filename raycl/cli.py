@@ -8,6 +8,7 @@
     raycl bench loss [OPTIONS]            tiled vs materialised losses vs the GEMM limit
     raycl bench train [OPTIONS]           training throughput, 1 vs 2 workers
     raycl bench search [OPTIONS]          CD vs random vs ASHA balance search, same budget
+    raycl bench memory [OPTIONS]          step memory and time vs batch, one pass vs chunks
 
 Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_workers=8``.
 """
@@ -79,6 +80,7 @@ def _analyze(args: argparse.Namespace) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
     from raycl.bench import loss as bench_loss
+    from raycl.bench import memory as bench_memory
     from raycl.bench import search as bench_search
     from raycl.bench import train as bench_train
     from raycl.submit import DEFAULT_ADDRESS
@@ -135,6 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     search = benches.add_parser("search", help="CD vs random vs ASHA at equal compute")
     bench_search.add_arguments(search)
     search.set_defaults(run=bench_search.main)
+    memory = benches.add_parser("memory", help="step memory and time vs batch, with chunking")
+    bench_memory.add_arguments(memory)
+    memory.set_defaults(run=bench_memory.main)
     return parser
 
 
