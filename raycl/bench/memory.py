@@ -40,6 +40,9 @@ MODELS: dict[str, tuple[dict, tuple[int, ...]]] = {
 VIEWS = 2
 WARMUP_ITEMS = 8
 TARGET_MEMORY_RATIO, TARGET_TIME_RATIO = 2.0, 1.4
+# OpenMP threads that spin while they wait burn the core another job needs and then wait for
+# it: on shared cores a step's time varied 2.5-15 s. Waiting passively keeps it steady.
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 GPU_MEMORY = 80 * 2**30  # an "80 GB" GPU
 GPU_RESERVE = 0.1  # CUDA context, allocator fragmentation, DDP buckets
 
@@ -85,7 +88,13 @@ def measure_step(
 
 def _run_one(model: str, batch: int, chunk_size: int | None, dim: int) -> dict:
     return in_fresh_process(
-        "raycl.bench.memory", "step", model=model, batch=batch, chunk_size=chunk_size, dim=dim
+        "raycl.bench.memory",
+        "step",
+        env=WORKER_ENV,
+        model=model,
+        batch=batch,
+        chunk_size=chunk_size,
+        dim=dim,
     )
 
 
@@ -147,7 +156,8 @@ def table(results: dict, args: argparse.Namespace) -> str:
         f"InfoNCE on 2B embeddings of d = {args.dim}, AdamW), each size and mode in its own "
         f"process; chunked = `train.chunk_size={args.chunk_size}`; peak = resident-set "
         "high-water mark above the warmed-up process, inputs included; time = best of up to 3 "
-        "steps (one when a step takes over a minute), wall and CPU seconds of all threads — "
+        "steps (one when a step takes over a minute), wall and CPU seconds of all threads "
+        "(OpenMP threads wait passively) — "
         "the CPU time is what to compare when other jobs share the cores (wall time then "
         "depends on their load).",
         "",
