@@ -107,7 +107,9 @@ def encode(
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size!r}")
     chunks = [inputs[start : start + chunk_size] for start in range(0, len(inputs), chunk_size)]
     module = model.module if isinstance(model, DistributedDataParallel) else model
-    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    cuda_devices = []
+    if device.type == "cuda":
+        cuda_devices = [device.index if device.index is not None else torch.cuda.current_device()]
 
     states, outputs = [], []
     saved_buffers = [(b, b.detach().clone()) for b in module.buffers()]

@@ -43,7 +43,7 @@ def test_report_verdicts_and_on_paper_arithmetic():
         _row("resnet18", 256, ran(3, 10.0), ran(1, 15.0)),
     ]
     probe = {8: {"peak_bytes": 2 * GB, **step}, 16: {"peak_bytes": 3 * GB, **step}}
-    text = memory.table({"rows": rows, "probe": probe}, _args(chunk_size=64))
+    text = memory.table({"rows": rows, "probe": probe}, _args(paper_chunk_size=64))
     assert "- Target 1 NOT met: small_cnn chunked peak at 16,384 items 0.30 GB = 3.00×" in text
     assert (
         "- Target 2 by CPU time NOT met: chunked / one-pass step ≤ 1.50× over the 2 sizes" in text
@@ -65,3 +65,19 @@ def test_report_without_measurements_says_so():
     rows = [_row("small_cnn", 256, {"error": "failed"}, {"error": "failed"})]
     text = memory.table({"rows": rows, "probe": {}}, _args())
     assert "Target 1 not measured" in text and "On paper: not computed" in text
+
+
+def test_skip_reason_extrapolates_memory_along_the_measured_line(monkeypatch):
+    monkeypatch.setattr(memory, "available_bytes", lambda device: 20 * GB)
+    chunked = [
+        {"batch": 1024, "peak_bytes": 2.5 * GB, "seconds": 100.0},
+        {"batch": 4096, "peak_bytes": 2.6 * GB, "seconds": 400.0},
+    ]
+    # Memory: 2.6 GB + 0.1 GB / 3,072 items × 61,440 items = 4.6 GB fits; time: 6,400 s does not.
+    assert memory._skip_reason(chunked, 65536, 600) == (
+        "skipped: ~107 min predicted > --max-seconds 600"
+    )
+    assert memory._skip_reason(chunked, 8192, 1000) is None
+    one_pass = [{"batch": 1024, "peak_bytes": 9 * GB, "seconds": 80.0}]  # proportional to B
+    assert memory._skip_reason(one_pass, 4096, 600) == "skipped: ~36.00 GB predicted, 20.00 GB free"
+    assert memory._skip_reason([], 4096, 600) is None

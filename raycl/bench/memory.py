@@ -99,18 +99,23 @@ def _run_one(model: str, batch: int, chunk_size: int | None, dim: int) -> dict:
 
 
 def _skip_reason(done: list[dict], batch: int, max_seconds: float) -> str | None:
-    """Why ``batch`` should not run, predicted linearly from the largest size that ran."""
+    """Why ``batch`` should not run, extrapolated linearly in B from the sizes that ran: time
+    in proportion to B, memory along the line through the two largest (a chunked step's
+    fixed chunk activations do not grow with B)."""
     if not done:
         return None
-    last = max(done, key=lambda r: r["batch"])
-    scale = batch / last["batch"]
-    seconds, peak = last["seconds"] * scale, last["peak_bytes"] * scale
+    runs = sorted(done, key=lambda r: r["batch"])
+    last, prev = runs[-1], runs[-2] if len(runs) > 1 else {"batch": 0, "peak_bytes": 0}
+    slope = (last["peak_bytes"] - prev["peak_bytes"]) / (last["batch"] - prev["batch"])
+    peak = last["peak_bytes"] + max(slope, 0.0) * (batch - last["batch"])
+    seconds = last["seconds"] * batch / last["batch"]
     free = available_bytes(torch.device("cpu"))
+    reasons = []
     if peak > 0.8 * free:
-        return f"skipped: ~{_gb(peak)} GB predicted, {_gb(free)} GB free"
+        reasons.append(f"~{_gb(peak)} GB predicted, {_gb(free)} GB free")
     if seconds > max_seconds:
-        return f"skipped: ~{seconds / 60:.0f} min predicted > --max-seconds {max_seconds:.0f}"
-    return None
+        reasons.append(f"~{seconds / 60:.0f} min predicted > --max-seconds {max_seconds:.0f}")
+    return f"skipped: {'; '.join(reasons)}" if reasons else None
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -252,7 +257,7 @@ def _on_paper(results: dict, args: argparse.Namespace) -> list[str]:
     params = next(iter(probe.values()))["params"]
     fixed = 4 * 4 * params  # weights, gradients, AdamW's two moments (float32)
     usable = GPU_MEMORY * (1 - GPU_RESERVE) - fixed
-    chunk_memory = args.chunk_size * activation
+    chunk_memory = args.paper_chunk_size * activation
     per_gpu_one = int(usable // activation)
     global_chunked = int((usable - chunk_memory) // per_item_chunked)
     host = _input_bytes("resnet50", 1)
@@ -275,13 +280,15 @@ def _on_paper(results: dict, args: argparse.Namespace) -> list[str]:
         f"- One pass: per-worker batch ≤ {_gb(usable)} GB / a = **{per_gpu_one:,} items**; "
         f"global batch ≤ 8 × {per_gpu_one:,} = **{8 * per_gpu_one:,}** on 8 GPUs and "
         f"64 × {per_gpu_one:,} = **{64 * per_gpu_one:,}** on 64.",
-        f"- Chunked (`train.chunk_size={args.chunk_size}`: one chunk's activations "
-        f"{args.chunk_size} × a = {_gb(chunk_memory)} GB; inputs stay in host memory and move "
-        "to the GPU one chunk at a time): every GPU holds the gathered global batch's "
-        "embeddings for the loss, so the bound is on the GLOBAL batch N, charged e per item "
-        f"(conservative: one process holds every row and column): N ≤ ({_gb(usable)} − "
-        f"{_gb(chunk_memory)}) GB / e = **{global_chunked:,} items**, on 8 GPUs and on 64 alike "
-        f"(64 GPUs only shrink each GPU's local share). That is "
+        f"- Chunked (`train.chunk_size={args.paper_chunk_size}`: one chunk's activations "
+        f"{args.paper_chunk_size} × a = {_gb(chunk_memory)} GB; the inputs stay in host memory "
+        "and reach the GPU one chunk at a time): every GPU holds the gathered global batch's "
+        "embeddings as the loss's columns, so the bound is on the GLOBAL batch N. Charging e "
+        "per global item (measured with every embedding both row and column in one process; "
+        "under gather a GPU holds the global batch as columns — gathered, normalised, their "
+        "gradient — and only its own share as rows, so e is the right order, not a bound): "
+        f"N ≤ ({_gb(usable)} − {_gb(chunk_memory)}) GB / e = **{global_chunked:,} items**, "
+        "on 8 GPUs and on 64 alike (more GPUs only shrink each one's rows). That is "
         f"{global_chunked / (8 * per_gpu_one):,.0f}× the one-pass bound on 8 GPUs and "
         f"{global_chunked / (64 * per_gpu_one):,.0f}× on 64.",
         f"- What binds first at that size is not GPU memory: each worker's inputs in host "
@@ -303,6 +310,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-seconds", type=float, default=600, help="skip a size predicted to take longer"
     )
     parser.add_argument("--probe-sizes", nargs=2, type=int, default=[8, 16])
+    parser.add_argument(
+        "--paper-chunk-size", type=int, default=64, help="ResNet-50 chunk for the on-paper limit"
+    )
     parser.add_argument("--output", help="also write the markdown report to this file")
 
 
