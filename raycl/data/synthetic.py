@@ -7,6 +7,8 @@ two items share a stream). An item is generated when it is read, in
 O(item size) time and memory, so a set of 65,536 (or millions of) items costs nothing to
 open; the prototypes (``num_classes × item size`` floats) are the only thing held. Meant for
 benchmarks, memory tests and GPU smoke tests: the classes are learnable but carry no meaning.
+The default ``noise=3`` keeps them from being trivial: kNN on raw 1×8×8 items of 10 classes
+scores about 75 %.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ class SyntheticDataset(Dataset):
         *,
         split: str = "train",
         seed: int = 0,
-        noise: float = 1.0,
+        noise: float = 3.0,
         transform: Callable[[torch.Tensor], Any] | None = None,
     ) -> None:
         if split not in _SPLITS:
