@@ -10,6 +10,7 @@
     raycl bench search [OPTIONS]          CD vs random vs ASHA balance search, same budget
     raycl bench landscape [OPTIONS]       every lattice point of a search space, with seeds
     raycl bench gpu [OPTIONS]             the GPU path on one device (benchmarks/gpu/run.sh)
+    raycl bench memory [OPTIONS]          step memory and time vs batch, one pass vs chunks
 
 Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_workers=8``.
 """
@@ -82,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     from raycl.bench import gpu as bench_gpu
     from raycl.bench import landscape as bench_landscape
     from raycl.bench import loss as bench_loss
+    from raycl.bench import memory as bench_memory
     from raycl.bench import search as bench_search
     from raycl.bench import train as bench_train
     from raycl.submit import DEFAULT_ADDRESS
@@ -148,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = benches.add_parser("gpu", help="correctness, loss, training, nccl on one GPU")
     bench_gpu.add_arguments(gpu)
     gpu.set_defaults(run=bench_gpu.main)
+    memory = benches.add_parser("memory", help="step memory and time vs batch, with chunking")
+    bench_memory.add_arguments(memory)
+    memory.set_defaults(run=bench_memory.main)
     return parser
 
 

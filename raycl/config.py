@@ -27,10 +27,14 @@ class DataConfig:
     batch_size: int = 256  # items per worker; the loss sees num_views × this embeddings
     image_size: int | None = None
     num_train_classes: int | None = None
-    num_items: int | None = None  # generated data sets: training items (None: the default)
-    num_test_items: int | None = None  # generated data sets: test items (None: the default)
     loader_workers: int = 0
     supervised: bool = False  # give labels to the loss (positives = same class)
+    # Generated data sets (mnist1d, synthetic): training and test items (None: the data
+    # set's default); synthetic also needs the item shape (C, H, W) and class count.
+    num_items: int | None = None
+    num_test_items: int | None = None
+    item_shape: list[int] | None = None
+    num_classes: int | None = None
 
 
 @dataclass
@@ -75,6 +79,19 @@ class EvalConfig:
 
 
 @dataclass
+class StepConfig:
+    # Per-worker encoder micro-batch in items (each with its V views); null: one pass over
+    # the batch. Set, a step encodes the batch in chunks twice — without autograd, then with
+    # it, replaying each chunk's RNG state — around one exact loss on all embeddings
+    # (raycl.gradcache): the same gradients, one chunk's activation memory, one extra forward.
+    # A size that does not divide data.batch_size leaves a smaller last chunk; >= the batch
+    # is one chunk. BatchNorm normalises each chunk by its own statistics (as per device
+    # under DDP) and updates its running statistics once per chunk in the second pass (k
+    # times per step for k chunks, as in gradient accumulation; once with one chunk).
+    chunk_size: int | None = None
+
+
+@dataclass
 class TrainConfig:
     loss: dict[str, Any] = field(default_factory=lambda: {"name": "infonce"})
     data: DataConfig = field(default_factory=DataConfig)
@@ -82,6 +99,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    train: StepConfig = field(default_factory=StepConfig)
     epochs: int = 30
     seed: int = 0
     name: str = "raycl-train"
@@ -170,6 +188,11 @@ def validate(cfg: DictConfig) -> None:
         ("cluster.max_failures", cfg.cluster.max_failures >= -1, "must be >= -1"),
         ("cluster.precision", cfg.cluster.precision in ("fp32", "bf16"), "must be fp32 or bf16"),
         ("optim.lr", cfg.optim.lr > 0, "must be > 0"),
+        (
+            "train.chunk_size",
+            cfg.train.chunk_size is None or cfg.train.chunk_size >= 1,
+            "must be >= 1 (null: one pass)",
+        ),
     ]
     for key, ok, rule in checks:
         if not ok:

@@ -22,7 +22,7 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from raycl.config import to_dict
 from raycl.data import build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.evaluate import alignment_from_batch, evaluate_representation
-from raycl.losses import build_loss
+from raycl.gradcache import encode
+from raycl.losses import LossTerms, build_loss
 from raycl.models import build_model
 from raycl.optim import build_optimizer, scaled_learning_rate, warmup_cosine
 from raycl.session import RayTrainSession, Session
@@ -82,6 +83,9 @@ def run_training(config: dict[str, Any], session: Session) -> None:
         num_train_classes=data["num_train_classes"],
         num_items=data["num_items"],
         num_test_items=data["num_test_items"],
+        item_shape=data["item_shape"],
+        num_classes=data["num_classes"],
+        seed=config["seed"],
     )
     loader = DataLoader(
         bundle.train_contrastive,
@@ -145,6 +149,7 @@ def run_training(config: dict[str, Any], session: Session) -> None:
             device,
             autocast,
             supervised=data["supervised"],
+            chunk_size=config["train"]["chunk_size"],
         )
         seconds = time.perf_counter() - started
         metrics = {
@@ -162,7 +167,17 @@ def run_training(config: dict[str, Any], session: Session) -> None:
 
 
 def _train_epoch(
-    model, loader, loss_fn, optimizer, scheduler, steps, epoch, device, autocast, supervised
+    model,
+    loader,
+    loss_fn,
+    optimizer,
+    scheduler,
+    steps,
+    epoch,
+    device,
+    autocast,
+    supervised,
+    chunk_size=None,
 ) -> tuple[dict[str, float], dict[str, float]]:
     """``steps`` optimisation steps; the epoch's mean global loss terms and the balance
     diagnostic of its first step. Raises :class:`TrainingDiverged` on a non-finite value."""
@@ -172,24 +187,25 @@ def _train_epoch(
     for step, (views, labels) in enumerate(loader):
         if step >= steps:
             break
-        with autocast:
-            _, embeddings = model(views.to(device, non_blocking=True))
-        embeddings = embeddings.float().transpose(0, 1)  # (V, B, D)
-        # Every rank sees the same (global) verdict, so all stop together.
-        if not _all_finite(embeddings):
-            raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, step {step}")
-        labels = labels.to(device, non_blocking=True) if supervised else None
-        out = distributed_loss(loss_fn, embeddings, labels)
-        if not torch.isfinite(out.global_terms.total):
-            raise TrainingDiverged(f"loss became non-finite at epoch {epoch}, step {step}")
-        if step == 0:
-            balance = _balance_diagnostic(out.local, loss_fn.weight, embeddings)
-        optimizer.zero_grad(set_to_none=True)
-        out.backward_total.backward()
-        optimizer.step()
+        try:
+            result = training_step(
+                model,
+                views,
+                labels if supervised else None,
+                loss_fn,
+                optimizer,
+                device=device,
+                chunk_size=chunk_size,
+                autocast=autocast,
+                diagnose=step == 0,
+            )
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err} at epoch {epoch}, step {step}") from None
         scheduler.step()
-        alignment = torch.tensor(alignment_from_batch(embeddings.detach()))
-        sums += torch.stack([*out.global_terms, alignment]).to(sums)
+        if step == 0:
+            balance = result.balance
+        alignment = torch.tensor(alignment_from_batch(result.embeddings))
+        sums += torch.stack([*result.global_terms, alignment]).to(sums)
     n = max(steps, 1)
     means = {
         "loss": float(sums[0] / n),
@@ -198,6 +214,60 @@ def _train_epoch(
         "train_alignment": float(all_reduce_sum(sums[3:4])[0] / n / world_size()),
     }
     return means, balance
+
+
+class StepResult(NamedTuple):
+    """What one optimisation step leaves for logging."""
+
+    global_terms: LossTerms  # the global batch's loss terms (detached)
+    embeddings: torch.Tensor  # this worker's embeddings (V, B, D), detached
+    balance: dict[str, float]  # the balance diagnostic (empty unless asked for)
+
+
+def training_step(
+    model: torch.nn.Module,
+    views: torch.Tensor,
+    labels: torch.Tensor | None,
+    loss_fn,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: torch.device,
+    chunk_size: int | None = None,
+    autocast=None,
+    diagnose: bool = False,
+) -> StepResult:
+    """One step on this worker's ``views`` (B, V, ...): encode, exact global loss, update.
+
+    The encoder runs in one pass (``chunk_size`` None) or in gradient-cached chunks of
+    ``chunk_size`` items (:func:`raycl.gradcache.encode`); everything else — the gathered loss,
+    the finiteness checks, the balance diagnostic (``diagnose``) and the update — is the same
+    code for both. Raises :class:`TrainingDiverged` on non-finite embeddings or loss (every
+    rank sees the same verdict, so all stop together) before any parameter changes.
+    """
+    encoded = encode(
+        model,
+        views,
+        chunk_size,
+        device=device,
+        autocast=autocast,
+        select=lambda output: output[1],
+    )
+    # (V, B, D); the loss runs in float32 at least (bf16 autocast output is promoted)
+    embeddings = encoded.embeddings.to(torch.promote_types(encoded.embeddings.dtype, torch.float32))
+    embeddings = embeddings.transpose(0, 1)
+    if not _all_finite(embeddings):
+        raise TrainingDiverged("loss became non-finite")
+    if labels is not None:
+        labels = labels.to(device, non_blocking=True)
+    out = distributed_loss(loss_fn, embeddings, labels)
+    if not torch.isfinite(out.global_terms.total):
+        raise TrainingDiverged("loss became non-finite")
+    balance = _balance_diagnostic(out.local, loss_fn.weight, embeddings) if diagnose else {}
+    optimizer.zero_grad(set_to_none=True)
+    out.backward_total.backward()
+    encoded.backward()
+    optimizer.step()
+    return StepResult(out.global_terms, embeddings.detach(), balance)
 
 
 def _seed_everything(seed: int) -> None:

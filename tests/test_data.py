@@ -18,6 +18,8 @@ from raycl.data import (
     DigitsDataset,
     MultiViewTransform,
     ParquetImageDataset,
+    SyntheticDataset,
+    TensorJitter,
     build_datasets,
     digits_transform,
     eval_transform,
@@ -153,6 +155,74 @@ def test_build_digits_batches_views() -> None:
     assert train_eval[0][0].shape == test[0][0].shape == (1, 8, 8)
     assert torch.equal(train_eval[5][0], DigitsDataset("train")[5][0])
     assert (num_classes, in_channels) == (10, 1)
+
+
+# --- synthetic ----------------------------------------------------------------------------
+
+
+def test_synthetic_items_are_deterministic_per_seed_split_and_index() -> None:
+    data = SyntheticDataset(65_536, (1, 8, 8), 10, seed=3)
+    assert len(data) == 65_536
+    assert data.prototypes.shape == (10, 1, 8, 8)  # the only thing held: no per-item storage
+    image, label = data[65_535]
+    assert image.shape == (1, 8, 8) and image.dtype == torch.float32 and label == 5
+    assert torch.equal(SyntheticDataset(65_536, (1, 8, 8), 10, seed=3)[65_535][0], image)
+    assert not torch.equal(SyntheticDataset(65_536, (1, 8, 8), 10, seed=4)[65_535][0], image)
+    test = SyntheticDataset(100, (1, 8, 8), 10, seed=3, split="test")
+    assert torch.equal(test.prototypes, data.prototypes)
+    assert not torch.equal(test[5][0], data[5][0])
+    assert data.targets[:12] == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    # Items of one class scatter around their prototype: with little noise, nearest to it.
+    quiet = SyntheticDataset(200, (1, 8, 8), 10, seed=3, noise=1.0)
+    items = torch.stack([quiet[i][0] for i in range(200)]).flatten(1)
+    nearest = torch.cdist(items, quiet.prototypes.flatten(1)).argmin(1)
+    assert (nearest == torch.tensor(quiet.targets)).float().mean() > 0.95
+    with pytest.raises(IndexError):
+        data[65_536]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"num_items": 0}, "data.num_items"),
+        ({"item_shape": (8,)}, "data.item_shape"),
+        ({"item_shape": (1, 0, 8)}, "data.item_shape"),
+        ({"num_classes": 0}, "data.num_classes"),
+        ({"split": "val"}, "split must be one of"),
+    ],
+)
+def test_synthetic_bad_arguments(kwargs: dict, match: str) -> None:
+    args = {"num_items": 8, "item_shape": (1, 8, 8), "num_classes": 2, **kwargs}
+    split = args.pop("split", "train")
+    with pytest.raises(ValueError, match=match):
+        SyntheticDataset(**args, split=split)
+
+
+def test_tensor_jitter_shifts_and_adds_noise() -> None:
+    item = torch.arange(2 * 5 * 5, dtype=torch.float32).reshape(2, 5, 5)
+    shifted = TensorJitter(max_shift=1, noise=0.0)(item)
+    rolls = [torch.roll(item, (dy, dx), (1, 2)) for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    assert any(torch.equal(shifted, r) for r in rolls)
+    noisy = TensorJitter(max_shift=0, noise=0.1)(item)
+    assert noisy.shape == item.shape and 0 < (noisy - item).std() < 0.2
+    assert TensorJitter()(torch.zeros(3, 16)).shape == (3, 16)  # 1-D items too
+    with pytest.raises(ValueError, match="max_shift"):
+        TensorJitter(max_shift=-1)
+
+
+def test_build_synthetic_batches_views() -> None:
+    bundle = build_datasets(
+        "synthetic", num_items=40, item_shape=[3, 4, 4], num_classes=4, num_views=2, seed=1
+    )
+    views, labels = next(iter(DataLoader(bundle.train_contrastive, batch_size=8)))
+    assert views.shape == (8, 2, 3, 4, 4) and labels.tolist() == [0, 1, 2, 3] * 2
+    assert not torch.equal(views[:, 0], views[:, 1])
+    plain = SyntheticDataset(40, (3, 4, 4), 4, seed=1)
+    assert torch.equal(bundle.train_eval[7][0], plain[7][0])  # evaluation: no augmentation
+    assert (len(bundle.train_eval), len(bundle.test_eval)) == (40, 8)
+    assert (bundle.num_classes, bundle.in_channels) == (4, 3)
+    with pytest.raises(ValueError, match=r"data\.num_items is required"):
+        build_datasets("synthetic", item_shape=[1, 8, 8], num_classes=2)
 
 
 # --- torchvision formats ------------------------------------------------------------------

@@ -31,6 +31,9 @@ QUICK = [
         (["loss.temperature=0"], "temperature must be > 0"),
         (["cluster.precision=fp8"], "cluster.precision"),
         (["data.num_views=1"], "data.num_views"),
+        (["train.chunk_size=0"], "train.chunk_size must be >= 1"),
+        (["train.chunk_size=-4"], "train.chunk_size must be >= 1"),
+        (["train.chunk_siz=4"], "chunk_siz"),
     ],
 )
 def test_bad_config_is_a_one_line_error(overrides, match):
@@ -45,7 +48,16 @@ def test_every_shipped_group_option_composes():
         "model": ["small_cnn", "resnet18", "resnet50"],
         "optim": ["adamw", "sgd", "lars"],
         "cluster": ["local_cpu", "local_gpu", "gpu_multinode"],
-        "data": ["digits", "cifar10", "cifar100", "stl10", "imagefolder", "cub200", "parquet"],
+        "data": [
+            "digits",
+            "cifar10",
+            "cifar100",
+            "stl10",
+            "imagefolder",
+            "cub200",
+            "parquet",
+            "synthetic",
+        ],
     }.items():
         for option in options:
             cfg = load_config([f"{group}={option}"])
@@ -58,9 +70,13 @@ def run(tmp_path, *overrides):
     return train(load_config([*QUICK, f"storage_path={tmp_path}", *overrides]))
 
 
+CHUNKED = ["data=synthetic", "data.num_items=512", "train.chunk_size=24"]  # 24 + 24 + 16
+
+
 @pytest.mark.slow
-def test_two_workers_train_report_and_write_history(ray_cluster, tmp_path):
-    outcome = run(tmp_path, "name=basic", "loss=tcl")
+@pytest.mark.parametrize("chunks", [[], CHUNKED], ids=["one-pass", "chunked-synthetic"])
+def test_two_workers_train_report_and_write_history(ray_cluster, tmp_path, chunks):
+    outcome = run(tmp_path, "name=basic", "loss=tcl", *chunks)
     assert [h["epoch"] for h in outcome.history] == [0, 1]
     last = outcome.metrics
     assert last["global_batch"] == 128

@@ -16,16 +16,20 @@ by ``raycl.bench.gpu``).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import subprocess
-import sys
 from datetime import date
-from pathlib import Path
 
 import torch
 
-from raycl.bench.measure import best_time, cpu_model, peak_memory, publish
+from raycl.bench.measure import (
+    available_bytes,
+    best_time,
+    cpu_model,
+    in_fresh_process,
+    peak_memory,
+    publish,
+    serve_worker,
+)
 from raycl.losses import LOSSES, build_loss
 from raycl.losses.tiled import default_block_size, tile_grid
 
@@ -120,22 +124,14 @@ def measure_tile_matmuls(
 
 
 def _in_fresh_process(kind: str, **kwargs: object) -> dict:
-    cmd = [sys.executable, "-m", "raycl.bench.loss", "--_worker", kind, json.dumps(kwargs)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
-    if out.returncode == -9:
-        return {"error": "killed (out of memory)"}
-    if out.returncode != 0:
-        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return in_fresh_process("raycl.bench.loss", kind, **kwargs)
 
 
 def _fits(size: int, device: str) -> bool:
     needed = MATERIALISED_MATRICES * 4 * size * size
     if device.startswith("cuda"):
-        return needed < torch.cuda.get_device_properties(0).total_memory
-    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
-    available = int(meminfo["MemAvailable"].split()[0]) * 1024
-    return needed < 0.9 * available
+        return needed < available_bytes(torch.device(device))
+    return needed < 0.9 * available_bytes(torch.device(device))
 
 
 def run(args: argparse.Namespace) -> list[dict]:
@@ -231,11 +227,4 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) == 4 and sys.argv[1] == "--_worker":
-        params = json.loads(sys.argv[3])
-        result = (
-            {"seconds": measure_gemms(**params)}
-            if sys.argv[2] == "gemm"
-            else measure_loss(**params)
-        )
-        print(json.dumps(result))
+    serve_worker({"gemm": lambda **p: {"seconds": measure_gemms(**p)}, "loss": measure_loss})

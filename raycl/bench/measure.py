@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,11 +33,21 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+def available_bytes(device: torch.device) -> int:
+    """Memory a new allocation can still get: the GPU's total, or the host's MemAvailable."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    return int(meminfo["MemAvailable"].split()[0]) * 1024
+
+
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
     """Peak bytes allocated while ``fn`` runs, above what was allocated before it.
 
     CUDA: the caching allocator's peak. CPU: the process's resident-set high-water mark
-    (reset through /proc/self/clear_refs) minus its resident set before the call.
+    (reset through /proc/self/clear_refs) minus its resident set before the call; freed heap
+    memory is first handed back to the system (glibc ``malloc_trim``), else memory that
+    earlier calls freed could serve this call's allocations without raising the resident set.
     """
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -40,10 +56,16 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - before
+    _trim_heap()
     Path("/proc/self/clear_refs").write_text("5")
     before = _status_kib("VmRSS")
     fn()
     return max(_status_kib("VmHWM") - before, 0) * 1024
+
+
+def _trim_heap() -> None:
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def best_time(fn: Callable[[], object], device: torch.device, repeats: int = 1) -> float:
@@ -71,3 +93,27 @@ def publish(bench: str, text: str, output: str | None) -> None:
     print(text)
     if output:
         Path(output).write_text(f"# raycl bench {bench}\n\n{text}\n")
+
+
+def in_fresh_process(module: str, kind: str, env: dict[str, str] | None = None, **kwargs) -> dict:
+    """Run measurement ``kind`` of bench ``module`` in a new Python process (so its peak memory
+    is its own) and return the JSON dict it prints last, or ``{"error": ...}``.
+
+    The module answers through :func:`serve_worker` (``python -m MODULE --_worker KIND JSON``);
+    ``env`` adds environment variables.
+    """
+    cmd = [sys.executable, "-m", module, "--_worker", kind, json.dumps(kwargs)]
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
+    )
+    if out.returncode == -9:
+        return {"error": "killed (out of memory)"}
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def serve_worker(measurements: dict[str, Callable[..., dict]]) -> None:
+    """The worker side of :func:`in_fresh_process`: run the asked measurement, print its JSON."""
+    if len(sys.argv) == 4 and sys.argv[1] == "--_worker":
+        print(json.dumps(measurements[sys.argv[2]](**json.loads(sys.argv[3]))))

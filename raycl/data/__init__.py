@@ -7,7 +7,7 @@ A contrastive training item is ``(views, label)`` with ``views`` a float tensor
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -19,8 +19,10 @@ from torchvision.datasets import CIFAR10, CIFAR100, STL10, VisionDataset
 from raycl.data.digits import DigitsDataset
 from raycl.data.mnist1d import MNIST1DDataset, Mnist1dSpec, SignalAugment
 from raycl.data.parquet import ParquetImageDataset, read_ray_dataset, write_parquet_dataset
+from raycl.data.synthetic import SyntheticDataset, held_out_size
 from raycl.data.transforms import (
     MultiViewTransform,
+    TensorJitter,
     digits_transform,
     eval_transform,
     simclr_transform,
@@ -35,6 +37,8 @@ __all__ = [
     "MNIST1DDataset",
     "MultiViewTransform",
     "ParquetImageDataset",
+    "SyntheticDataset",
+    "TensorJitter",
     "build_datasets",
     "digits_transform",
     "eval_transform",
@@ -64,8 +68,11 @@ class _Request:
     download: bool
     image_size: int | None
     num_train_classes: int | None
-    num_items: int | None
-    num_test_items: int | None
+    num_items: int | None = None
+    num_test_items: int | None = None
+    item_shape: tuple[int, ...] | None = None
+    num_classes: int | None = None
+    seed: int = 0
 
     def require_root(self) -> Path:
         if self.root is None:
@@ -160,6 +167,30 @@ def _mnist1d(request: _Request) -> DatasetBundle:
     return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=1)
 
 
+def _synthetic(request: _Request) -> DatasetBundle:
+    """Generated items (:mod:`raycl.data.synthetic`); views by :class:`TensorJitter`."""
+    for key in ("num_items", "item_shape", "num_classes"):
+        if getattr(request, key) is None:
+            raise ValueError(f"data.{key} is required for data set 'synthetic'")
+    sizes = {"train": request.num_items, "test": held_out_size(request.num_items)}
+
+    def open_split(split: str, transform: Callable) -> Dataset:
+        source = _SOURCE_SPLIT[split]
+        return SyntheticDataset(
+            sizes[source],
+            request.item_shape,
+            request.num_classes,
+            split=source,
+            seed=request.seed,
+            transform=transform,
+        )
+
+    datasets = _assemble(request, open_split, TensorJitter(), None)
+    return DatasetBundle(
+        *datasets, num_classes=request.num_classes, in_channels=request.item_shape[0]
+    )
+
+
 def _torchvision(
     cls: type[VisionDataset],
     split_kwargs: dict[str, dict[str, Any]],
@@ -237,6 +268,7 @@ DATASETS: dict[str, Callable[[_Request], DatasetBundle]] = {
     "cars196": partial(_class_split, 98),
     "sop": partial(_class_split, 11318),
     "parquet": _parquet,
+    "synthetic": _synthetic,
 }
 
 
@@ -250,6 +282,9 @@ def build_datasets(
     num_train_classes: int | None = None,
     num_items: int | None = None,
     num_test_items: int | None = None,
+    item_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    seed: int = 0,
 ) -> DatasetBundle:
     """Build ``(train_contrastive, train_eval, test_eval, num_classes, in_channels)``.
 
@@ -268,6 +303,9 @@ def build_datasets(
       (first 100 / 98 / 11318 sorted classes train, the rest test; ``num_train_classes``
       overrides); ``num_classes`` is the number of test classes.
     * ``parquet``: ``root/train`` and ``root/test`` folders of Parquet files (RGB).
+    * ``synthetic``: ``num_items`` generated tensors of ``item_shape`` in ``num_classes``
+      classes, deterministic from ``seed`` (:mod:`raycl.data.synthetic`), plus a held-out fifth
+      for evaluation; two views by :class:`TensorJitter` (random shift + Gaussian noise).
 
     ``image_size`` overrides the crop size of the photo data sets (224 for folders/Parquet);
     ``download`` is passed to torchvision's downloaders.
@@ -283,5 +321,8 @@ def build_datasets(
         num_train_classes=num_train_classes,
         num_items=num_items,
         num_test_items=num_test_items,
+        item_shape=None if item_shape is None else tuple(item_shape),
+        num_classes=num_classes,
+        seed=seed,
     )
     return DATASETS[name](request)

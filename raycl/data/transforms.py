@@ -3,6 +3,7 @@
 Every recipe accepts a PIL image or an image tensor ``(C, H, W)`` (uint8 or float in [0, 1])
 and returns a plain float32 tensor ``(C, H, W)``. :class:`MultiViewTransform` turns a recipe
 into the contrastive input: ``V`` independently augmented views stacked as ``(V, C, H, W)``.
+:class:`TensorJitter` augments generated tensors of any shape (shift + noise, no image ops).
 """
 
 from __future__ import annotations
@@ -13,7 +14,13 @@ from typing import Any
 import torch
 from torchvision.transforms import v2
 
-__all__ = ["MultiViewTransform", "digits_transform", "eval_transform", "simclr_transform"]
+__all__ = [
+    "MultiViewTransform",
+    "TensorJitter",
+    "digits_transform",
+    "eval_transform",
+    "simclr_transform",
+]
 
 
 class MultiViewTransform:
@@ -120,3 +127,26 @@ def eval_transform(
     if size is not None:
         steps = [v2.Resize(round(size / crop_fraction), antialias=True), v2.CenterCrop(size)]
     return _finish(steps, mean, std)
+
+
+class TensorJitter:
+    """Augmentation for generated tensors ``(C, *spatial)`` of any shape: a random circular
+    shift of up to ``max_shift`` positions along every spatial axis, then additive Gaussian
+    noise of standard deviation ``noise``. Tensor in, float32 tensor out; no image semantics
+    (no crops, flips or colour), so it suits any channel count and 1-D or 2-D items.
+    """
+
+    def __init__(self, max_shift: int = 1, noise: float = 0.1) -> None:
+        if max_shift < 0 or noise < 0:
+            raise ValueError(f"max_shift and noise must be >= 0, got {max_shift}, {noise}")
+        self.max_shift, self.noise = max_shift, noise
+
+    def __call__(self, item: torch.Tensor) -> torch.Tensor:
+        item = torch.as_tensor(item, dtype=torch.float32)
+        dims = tuple(range(1, item.dim()))
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (len(dims),)).tolist()
+        shifted = torch.roll(item, shifts, dims) if dims else item
+        return shifted + self.noise * torch.randn_like(shifted)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_shift={self.max_shift}, noise={self.noise})"
