@@ -120,7 +120,15 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     assert len(measured) == len(plan["jobs"])
     assert all(r["ok"] and r["gathers"] >= 1 for r in records if r["stage"] == "collectives")
     steps = [r for r in records if r.get("kind") == "resnet18"]
-    assert [r["batch"] for r in steps] == [4, 8] and all(r["items_per_s"] > 0 for r in steps)
+    assert [(r["batch"], r["chunk_size"]) for r in steps] == [
+        (4, None),
+        (8, None),
+        (4, 4),
+        (8, 4),
+        (16, 4),  # one pass, then gradient-cached chunks
+    ]
+    assert all(r["items_per_s"] > 0 for r in steps)
+    assert "| 16 | 4 |" in text  # the chunked rows in the report
 
 
 @pytest.mark.parametrize(

@@ -24,13 +24,14 @@
 #  correctness (box 90 s): pytest -m cuda ≈ 20 s (its own box 45 s); 12 engine checks at
 #    M = 12,288: the fp64 reference evaluates 3 times 2 GEMMs of 2·12288³ = 3.7e12 FLOP,
 #    2.7e14 FLOP in all ≈ 5 s, the engines ≈ 5 s. Stage ≈ 35 s.
-#  train (box 100 s): digits, 2 short epochs ≈ 10 s; resnet18 (CIFAR stem) ≈ 1.1 GFLOP per
+#  train (box 130 s): digits, 2 short epochs ≈ 10 s; resnet18 (CIFAR stem) ≈ 1.1 GFLOP per
 #    32×32 view forward, ×2 views ×3 (forward + backward) ≈ 6.7 GFLOP per item, at ~30 % of
 #    peak ≈ 35,000 items/s; 6 steps at each batch 256 … 16,384 (≈ 200,000 items) ≈ 6 s, set-up
-#    and the out-of-memory attempt ≈ 15 s. Stage ≈ 30 s.
+#    and the out-of-memory attempt ≈ 15 s; then train.chunk_size=256 at 256 … 65,536 (one
+#    extra forward: ≈ 25,000 items/s, 6 × 131,000 items) ≈ 32 s. Stage ≈ 65 s.
 #  collectives (box 40 s): nccl start-up and two tiny losses ≈ 10 s.
-#  Each stage's start (import torch, CUDA context, ≈ 5 s) is inside its box. Expected ≈ 4
-#  minutes; the boxes sum to 440 s, so the run ends within 7.5 minutes whatever happens.
+#  Each stage's start (import torch, CUDA context, ≈ 5 s) is inside its box. Expected ≈ 4.5
+#  minutes; the boxes sum to 470 s, so the run ends within 8 minutes whatever happens.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"

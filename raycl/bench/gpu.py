@@ -68,6 +68,8 @@ class Plan:
     first_batch: int
     max_batch: int
     train_steps: int
+    chunk_size: int  # train.chunk_size of the gradient-cached sweep
+    max_chunked_batch: int
     budgets: dict[str, int]
     dim: int = 128
     loss_families: tuple[str, ...] = ("infonce", "supcon")
@@ -84,7 +86,9 @@ FULL = Plan(
     first_batch=256,
     max_batch=1 << 20,  # doubling stops at the first out-of-memory long before this
     train_steps=5,
-    budgets={"correctness": 90, "loss": 210, "train": 100, "collectives": 40},
+    chunk_size=256,
+    max_chunked_batch=65_536,
+    budgets={"correctness": 90, "loss": 210, "train": 130, "collectives": 40},
 )
 DRY = Plan(
     loss_sizes=(1024, 2048),
@@ -93,6 +97,8 @@ DRY = Plan(
     first_batch=4,
     max_batch=8,
     train_steps=1,
+    chunk_size=4,
+    max_chunked_batch=16,
     budgets={"correctness": 120, "loss": 60, "train": 120, "collectives": 60},
     digits_steps=2,
 )
@@ -228,19 +234,22 @@ def _block(device: str) -> int:
 
 
 def stage_train(plan: Plan, device: str, record: Recorder, out: Path) -> None:
-    """The loop end to end on digits, then resnet18 steps at doubling batch sizes."""
+    """The loop end to end on digits, then resnet18 steps at doubling batch sizes: one pass
+    until out of memory, then gradient-cached chunks (``train.chunk_size``) beyond it."""
     guarded(record, lambda: train_digits(device, plan.digits_steps), kind="digits")
-    batch = plan.first_batch
-    while batch <= plan.max_batch:
-        result = guarded(
-            record,
-            lambda b=batch: time_training_steps(b, plan.train_steps, device),
-            kind="resnet18",
-            batch=batch,
-        )
-        if "error" in result:
-            break
-        batch *= 2
+    for chunk_size, limit in ((None, plan.max_batch), (plan.chunk_size, plan.max_chunked_batch)):
+        batch = plan.first_batch
+        while batch <= limit:
+            result = guarded(
+                record,
+                lambda b=batch, c=chunk_size: time_training_steps(b, plan.train_steps, device, c),
+                kind="resnet18",
+                batch=batch,
+                chunk_size=chunk_size,
+            )
+            if "error" in result:
+                break
+            batch *= 2
 
 
 def train_digits(device: str, steps: int, epochs: int = 2) -> dict:
@@ -266,8 +275,9 @@ def train_digits(device: str, steps: int, epochs: int = 2) -> dict:
     }
 
 
-def time_training_steps(batch: int, steps: int, device: str) -> dict:
-    """Items/s and peak memory of ``steps`` steps of the training loop's epoch function.
+def time_training_steps(batch: int, steps: int, device: str, chunk_size: int | None = None) -> dict:
+    """Items/s and peak memory of ``steps`` steps of the training loop's epoch function
+    (encoder in one pass, or in gradient-cached chunks of ``chunk_size`` items).
 
     resnet18 (CIFAR stem) + projection head, InfoNCE, AdamW, bf16 autocast, on one batch of
     random 2×3×32×32 views kept on the device (data loading excluded: this times the step);
@@ -306,6 +316,7 @@ def time_training_steps(batch: int, steps: int, device: str) -> dict:
             device=dev,
             autocast=autocast,
             supervised=False,
+            chunk_size=chunk_size,
         )
         return means
 

@@ -232,15 +232,17 @@ def _train(records: list[dict]) -> list[str]:
         "training loop's epoch function on random 3×32×32 views (2 per item) resident on the "
         "device; peak = allocator peak including model, optimiser state and batch.",
         "",
-        "| batch (items) | items/s | s per step | timed steps | peak GB | loss |",
-        "|---|---|---|---|---|---|",
+        "| batch (items) | train.chunk_size | items/s | s per step | timed steps | peak GB "
+        "| loss |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in (r for r in records if r.get("kind") == "resnet18"):
+        chunk = r.get("chunk_size") or "one pass"
         if "error" in r:
-            lines.append(f"| {r['batch']:,} | stopped: {r['error']} | | | | |")
+            lines.append(f"| {r['batch']:,} | {chunk} | stopped: {r['error']} | | | | |")
             continue
         lines.append(
-            f"| {r['batch']:,} | {r['items_per_s']:,.0f} | {r['step_seconds']:.3f} "
+            f"| {r['batch']:,} | {chunk} | {r['items_per_s']:,.0f} | {r['step_seconds']:.3f} "
             f"| {r['steps']} | {r['peak_bytes'] / GB:.2f} | {r['loss']:.4f} |"
         )
     return [*lines, ""]
