@@ -22,21 +22,65 @@ import sys
 from collections.abc import Sequence
 
 
-def _train(args: argparse.Namespace) -> None:
-    from raycl.config import load_config
-    from raycl.report import print_training_summary
-    from raycl.train import train
+def _overrides(args: argparse.Namespace) -> list[str]:
+    return [*args.overrides, *(["verbose=true"] if args.verbose else [])]
 
-    cfg = load_config(args.overrides)
+
+def _train(args: argparse.Namespace) -> None:
+    from raycl.config import load_config, to_yaml
+
+    cfg = load_config(_overrides(args), config_dirs=args.config_dir)
+    if args.cfg:
+        print(to_yaml(cfg), end="")
+        return
+    from raycl.report import print_training_summary
+    from raycl.runner import train
+
     print_training_summary(train(cfg), cfg)
 
 
 def _tune(args: argparse.Namespace) -> None:
-    from raycl.report import print_search_summary
-    from raycl.search.tuner import load_tune_config, run_search
+    from raycl.config import to_yaml
+    from raycl.search.tuner import load_tune_config
 
-    cfg = load_tune_config(args.overrides)
+    cfg = load_tune_config(_overrides(args), config_dirs=args.config_dir)
+    if args.cfg:
+        print(to_yaml(cfg), end="")
+        return
+    from raycl.report import print_search_summary
+    from raycl.search.tuner import run_search
+
     print_search_summary(run_search(cfg), cfg)
+
+
+def _config_help(config_name: str) -> str:
+    """The epilog of ``raycl train|tune --help``: every config group and its options."""
+    from raycl.config import group_options
+
+    groups = group_options()
+    if config_name == "train":
+        groups = {k: v for k, v in groups.items() if k not in ("search", "space")}
+    lines = ["config groups (choose one with group=option; set any key with group.key=value):"]
+    lines += [f"  {group:<9} {', '.join(options)}" for group, options in groups.items()]
+    lines.append("--config-dir DIR adds DIR/<group>/<option>.yaml files to these groups.")
+    return "\n".join(lines)
+
+
+def _config_arguments(parser: argparse.ArgumentParser, config_name: str) -> None:
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. loss=tcl loss.k1=5000")
+    parser.add_argument(
+        "--cfg", action="store_true", help="print the composed, validated config and exit"
+    )
+    parser.add_argument(
+        "--config-dir",
+        action="append",
+        metavar="DIR",
+        help="a directory of extra config group options (DIR/loss/my_loss.yaml, ...)",
+    )
+    parser.add_argument(
+        "--verbose", action="store_true", help="show Ray's own log lines too (config: verbose)"
+    )
+    parser.epilog = _config_help(config_name)
 
 
 def _submit(args: argparse.Namespace) -> None:
@@ -93,14 +137,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="contrastive training on Ray Train")
-    train.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. loss=tcl loss.k1=5000")
+    train = commands.add_parser(
+        "train",
+        help="contrastive training on Ray Train",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_arguments(train, "train")
     train.set_defaults(run=_train)
 
     tune = commands.add_parser(
-        "tune", help="balance search on Ray Tune (cd, random, asha, tpe, gp)"
+        "tune",
+        help="balance search on Ray Tune (search=cd|random|asha|tpe|gp)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    tune.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. search=cd loss=tcl")
+    _config_arguments(tune, "tune")
     tune.set_defaults(run=_tune)
 
     analyze = commands.add_parser("analyze", help="tables, Parquet and plots of Tune results")

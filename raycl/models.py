@@ -8,17 +8,26 @@ the loss sees the head's (unnormalised) embeddings, evaluation uses the encoder'
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 from torchvision import models
 
+if TYPE_CHECKING:
+    from raycl.config import ModelConfig
+
 __all__ = [
+    "ENCODERS",
     "MODELS",
     "ContrastiveModel",
     "Conv1DEncoder",
     "ProjectionHead",
     "SmallCNN",
     "build_model",
+    "check_model",
     "resnet",
 ]
 
@@ -157,38 +166,51 @@ class ContrastiveModel(nn.Module):
         return features.unflatten(0, lead), embeddings.unflatten(0, lead)
 
 
-MODELS = ("small_cnn", "conv1d", *_RESNETS)
+def _resnet_encoder(name: str, model: ModelConfig, channels: int) -> nn.Module:
+    return resnet(name, cifar_stem=model.cifar_stem, in_channels=channels)
 
 
-def build_model(
-    name: str,
-    in_channels: int,
-    *,
-    width: int = 32,
-    cifar_stem: bool = False,
-    proj_hidden_dim: int | None = None,
-    proj_dim: int = 128,
-    proj_layers: int = 2,
-    proj_batch_norm: bool = True,
-) -> ContrastiveModel:
-    """Build encoder ``name`` (one of :data:`MODELS`) plus its projection head.
+# Encoder builders by name: ``(model section, input channels) -> encoder``.
+ENCODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
+    "small_cnn": lambda model, channels: SmallCNN(channels, model.width),
+    "conv1d": lambda model, channels: Conv1DEncoder(channels, model.width),
+    **{name: partial(_resnet_encoder, name) for name in _RESNETS},
+}
+MODELS = tuple(ENCODERS)
+
+
+def check_model(model: ModelConfig) -> None:
+    """One-line ``ValueError`` naming the ``model.*`` key of a bad ``model`` section."""
+    if model.name not in ENCODERS:
+        raise ValueError(f"model.name must be one of {list(ENCODERS)}, got {model.name!r}")
+    checks = [
+        ("width", model.width >= 1, "must be >= 1"),
+        ("proj_dim", model.proj_dim >= 1, "must be >= 1"),
+        ("proj_layers", model.proj_layers >= 1, "must be >= 1"),
+        (
+            "proj_hidden_dim",
+            model.proj_hidden_dim is None or model.proj_hidden_dim >= 1,
+            "must be >= 1 or null",
+        ),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"model.{key} {rule}, got {getattr(model, key)!r}")
+
+
+def build_model(model: ModelConfig, in_channels: int) -> ContrastiveModel:
+    """The encoder ``model.name`` (one of :data:`MODELS`) for ``in_channels`` inputs, plus
+    its projection head (hidden width: ``proj_hidden_dim`` or the encoder's ``out_dim``).
 
     ``width`` applies to ``small_cnn`` and ``conv1d`` (1-D signals), ``cifar_stem`` to the
-    ResNets. The head's hidden width defaults to the encoder's ``out_dim``.
+    ResNets.
     """
-    if name not in MODELS:
-        raise ValueError(f"model.name must be one of {list(MODELS)}, got {name!r}")
-    if name == "small_cnn":
-        encoder: nn.Module = SmallCNN(in_channels, width)
-    elif name == "conv1d":
-        encoder = Conv1DEncoder(in_channels, width)
-    else:
-        encoder = resnet(name, cifar_stem=cifar_stem, in_channels=in_channels)
+    check_model(model)
+    encoder = ENCODERS[model.name](model, in_channels)
     head = ProjectionHead(
         encoder.out_dim,
-        proj_hidden_dim or encoder.out_dim,
-        proj_dim,
-        num_layers=proj_layers,
-        batch_norm=proj_batch_norm,
+        model.proj_hidden_dim or encoder.out_dim,
+        model.proj_dim,
+        num_layers=model.proj_layers,
     )
     return ContrastiveModel(encoder, head)

@@ -11,19 +11,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
+if TYPE_CHECKING:
+    from raycl.config import OptimConfig
+
 __all__ = [
     "LARS",
     "LR_SCALING_RULES",
     "OPTIMIZERS",
     "WarmupCosine",
+    "build_optimization",
     "build_optimizer",
+    "check_optim",
     "scaled_learning_rate",
     "warmup_cosine",
 ]
@@ -234,3 +239,47 @@ def warmup_cosine(
     if not 0.0 <= final_lr_fraction <= 1.0:
         raise ValueError(f"final_lr_fraction must be in [0, 1], got {final_lr_fraction!r}")
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, final_lr_fraction))
+
+
+def check_optim(optim: OptimConfig) -> None:
+    """One-line ``ValueError`` naming the ``optim.*`` key of a bad ``optim`` section."""
+    checks = [
+        ("name", optim.name in OPTIMIZERS, f"must be one of {list(OPTIMIZERS)}"),
+        ("lr", optim.lr > 0, "must be > 0"),
+        (
+            "lr_scaling",
+            optim.lr_scaling in LR_SCALING_RULES,
+            f"must be one of {list(LR_SCALING_RULES)}",
+        ),
+        ("base_batch_size", optim.base_batch_size >= 1, "must be >= 1"),
+        ("momentum", optim.momentum >= 0, "must be >= 0"),
+        ("weight_decay", optim.weight_decay >= 0, "must be >= 0"),
+        ("warmup_epochs", optim.warmup_epochs >= 0, "must be >= 0"),
+        ("final_lr_fraction", 0 <= optim.final_lr_fraction <= 1, "must be in [0, 1]"),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"optim.{key} {rule}, got {getattr(optim, key)!r}")
+
+
+def build_optimization(
+    model: nn.Module, optim: OptimConfig, global_batch: int, steps_per_epoch: int, epochs: int
+) -> tuple[Optimizer, LambdaLR]:
+    """The ``optim`` section's optimiser (lr scaled to ``global_batch`` by ``lr_scaling``) and
+    its per-step warm-up + cosine schedule over ``epochs`` of ``steps_per_epoch`` steps."""
+    check_optim(optim)
+    if optim.warmup_epochs > epochs:
+        raise ValueError(
+            f"optim.warmup_epochs ({optim.warmup_epochs}) must not exceed epochs ({epochs})"
+        )
+    lr = scaled_learning_rate(optim.lr, global_batch, optim.lr_scaling, optim.base_batch_size)
+    optimizer = build_optimizer(
+        model, optim.name, lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
+    schedule = warmup_cosine(
+        optimizer,
+        optim.warmup_epochs * steps_per_epoch,
+        epochs * steps_per_epoch,
+        optim.final_lr_fraction,
+    )
+    return optimizer, schedule

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from omegaconf import DictConfig
+from typing import Any
+
 from rich.console import Console
 from rich.table import Table
 
+from raycl.runner import TrainOutcome
 from raycl.search.tuner import SearchOutcome
-from raycl.train import TrainOutcome
 
 SUMMARY_METRICS = (
     ("knn_top1", "kNN top-1 (%)"),
@@ -18,9 +19,9 @@ SUMMARY_METRICS = (
 )
 
 
-def print_training_summary(outcome: TrainOutcome, cfg: DictConfig) -> None:
+def print_training_summary(outcome: TrainOutcome, cfg: Any) -> None:
     """The trained encoder beside the same encoder untrained, and where the run lives."""
-    table = Table(title=f"raycl train: {cfg.loss.name} on {cfg.data.name}, {cfg.epochs} epochs")
+    table = Table(title=f"raycl train: {cfg.loss['name']} on {cfg.data.name}, {cfg.epochs} epochs")
     table.add_column("metric")
     table.add_column("untrained", justify="right")
     table.add_column("trained", justify="right")
@@ -37,7 +38,7 @@ def print_training_summary(outcome: TrainOutcome, cfg: DictConfig) -> None:
     console.print(f"run: {outcome.path}\ncheckpoint: {outcome.checkpoint_path}")
 
 
-def print_search_summary(outcome: SearchOutcome, cfg: DictConfig) -> None:
+def print_search_summary(outcome: SearchOutcome, cfg: Any) -> None:
     """The best configuration found and its metrics."""
     metric = cfg.search.metric
     table = Table(title=f"raycl tune ({cfg.search.method}): best of {len(outcome.results)} trials")

@@ -9,11 +9,17 @@ no Ray installed (:class:`LocalSession`, used by ``raycl.bench.gpu``).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import Dataset
+
+from raycl.data import training_loader
+
+if TYPE_CHECKING:
+    from raycl.config import DataConfig
 
 
 class Session(Protocol):
@@ -33,13 +39,15 @@ class Session(Protocol):
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
 
-    def prepare_data_loader(self, loader: DataLoader) -> DataLoader: ...
+    def training_batches(self, dataset: Dataset, data: DataConfig, seed: int) -> Iterable:
+        """This worker's epoch of ``(views, labels)`` batches (``len`` = batches an epoch)."""
+        ...
 
 
 class RayTrainSession:
     """A Ray Train worker: DDP model, distributed sampler, ``ray.train.report``."""
 
-    def __init__(self) -> None:
+    def __init__(self, verbose: bool = False) -> None:
         import ray.train
         import ray.train.torch
 
@@ -47,6 +55,8 @@ class RayTrainSession:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        if not verbose:
+            _quiet_report_lines()
 
     def get_checkpoint(self) -> Any:
         return self._train.get_checkpoint()
@@ -60,8 +70,9 @@ class RayTrainSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return self._torch.prepare_model(model)
 
-    def prepare_data_loader(self, loader: DataLoader) -> DataLoader:
-        return self._torch.prepare_data_loader(loader)
+    def training_batches(self, dataset: Dataset, data: DataConfig, seed: int) -> Iterable:
+        """A ``DistributedSampler``-sharded loader of ``dataset``."""
+        return self._torch.prepare_data_loader(training_loader(dataset, data, seed))
 
 
 class TuneSession:
@@ -86,8 +97,8 @@ class TuneSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
-    def prepare_data_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
+    def training_batches(self, dataset: Dataset, data: DataConfig, seed: int) -> Iterable:
+        return training_loader(dataset, data, seed)
 
 
 class LocalSession:
@@ -111,8 +122,18 @@ class LocalSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
-    def prepare_data_loader(self, loader: DataLoader) -> DataLoader:
-        return loader
+    def training_batches(self, dataset: Dataset, data: DataConfig, seed: int) -> Iterable:
+        return training_loader(dataset, data, seed)
+
+
+def _quiet_report_lines() -> None:
+    """Drop Ray Train's per-report INFO line in this worker (its logger is named after its
+    file, so ``RunConfig(logging_config=...)``, which filters ``ray.train.*``, misses it)."""
+    import logging
+
+    from ray.train.v2._internal.execution import context
+
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
 
 
 def _ray_checkpoint(directory: str | None) -> Any:

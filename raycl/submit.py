@@ -1,7 +1,7 @@
 """``raycl submit``: run ``raycl train``/``raycl tune`` on a Ray cluster as a Ray Job.
 
-The job's runtime environment ships the working directory (the ``raycl`` package and
-``conf/``); its entrypoint is ``python -m raycl.cli <command> <hydra overrides>``. Clusters
+The job's runtime environment ships the working directory (the ``raycl`` package, its
+configs inside it); its entrypoint is ``python -m raycl.cli <command> <hydra overrides>``. Clusters
 started with token authentication (``RAY_AUTH_MODE=token``) get the token as an
 ``Authorization: Bearer`` header, read from ``--token-file``, ``RAY_AUTH_TOKEN``,
 ``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (in that order).
@@ -19,7 +19,7 @@ from typing import Any
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 AGENT_WAIT_S = 60.0
-# Anchored (gitignore-style): a bare "data" would also drop raycl/data/ and conf/data/.
+# Anchored (gitignore-style): a bare "data" would also drop raycl/data/ and raycl/conf/data/.
 EXCLUDES = ["/.venv", "/.git", "/raycl_runs", "/data", "/outputs", "/multirun", "*.egg-info"]
 
 
@@ -58,10 +58,10 @@ def client(address: str, token_file: str | None = None):
 
 
 def runtime_env(working_dir: str, env_vars: dict[str, str] | None = None) -> dict[str, Any]:
-    """Ship ``working_dir`` (package + conf), never local runs, data or virtualenvs."""
+    """Ship ``working_dir`` (the package and its configs), never runs, data or virtualenvs."""
     directory = Path(working_dir).resolve()
-    if not (directory / "raycl").is_dir() or not (directory / "conf").is_dir():
-        raise SubmitError(f"--working-dir {directory} must hold the raycl package and conf/")
+    if not (directory / "raycl" / "conf").is_dir():
+        raise SubmitError(f"--working-dir {directory} must hold the raycl package")
     env = {"working_dir": str(directory), "excludes": EXCLUDES}
     if env_vars:
         env["env_vars"] = env_vars

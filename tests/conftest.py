@@ -13,7 +13,7 @@ import torch.multiprocessing as mp
 # Two epochs of two steps each, kNN only: enough to exercise a real trial end to end.
 TINY_TRAINING = [
     "epochs=2",
-    "data.batch_size=128",
+    "data.batch_size_per_worker=128",
     "max_steps_per_epoch=2",
     "eval.linear_probe=false",
     "eval.knn_k=20",

@@ -132,9 +132,9 @@ def _finish(pos_elems, ent_elems, agg, weight, z, c_pos=1.0, c_ent=1.0):
     return pos, ent, pos + weight * ent
 
 
-def _check_lse(lse):
-    if lse not in ("sum", "mean"):
-        raise ValueError(f"lse must be 'sum' or 'mean', got {lse!r}")
+def _check_log_mean_exp(log_mean_exp):
+    if not isinstance(log_mean_exp, bool):
+        raise ValueError(f"log_mean_exp must be a bool, got {log_mean_exp!r}")
 
 
 def _pos_element(s, i, pos_idx, temperature):
@@ -147,12 +147,14 @@ def _pos_element(s, i, pos_idx, temperature):
 # ----------------------------------------------------------------------------------------
 # 1. InfoNCE / NT-Xent / SupCon (L_out)
 # ----------------------------------------------------------------------------------------
-def infonce(views, labels=None, temperature=0.1, weight=1.0, agg="mean_per_term", lse="sum"):
+def infonce(
+    views, labels=None, temperature=0.1, weight=1.0, agg="mean_per_term", log_mean_exp=False
+):
     """Anchor-level: e_i = -mean_{p in P(i)} s_ip/tau, f_i = log sum_{a in A(i)} exp(s_ia/tau).
 
-    With lse="mean", f_i -= log|A(i)|. Accepts (V, N, d) views or flat (M, d) + labels.
+    With log_mean_exp=True, f_i -= log|A(i)|. Accepts (V, N, d) views or flat (M, d) + labels.
     """
-    _check_lse(lse)
+    _check_log_mean_exp(log_mean_exp)
     z, ids, _ = flatten(views, labels)
     s = z @ z.T
     m = z.shape[0]
@@ -162,15 +164,19 @@ def infonce(views, labels=None, temperature=0.1, weight=1.0, agg="mean_per_term"
         all_idx = _others(m, i)
         pos_elems.append(_pos_element(s, i, pos_idx, temperature))
         f_i = _lse(s[i, all_idx] / temperature)
-        if lse == "mean":
+        if log_mean_exp:
             f_i = f_i - math.log(len(all_idx))
         ent_elems.append(f_i)
     return _finish(pos_elems, ent_elems, agg, weight, z)
 
 
-def supcon(views, labels=None, temperature=0.1, weight=1.0, agg="mean_per_term", lse="sum"):
+def supcon(
+    views, labels=None, temperature=0.1, weight=1.0, agg="mean_per_term", log_mean_exp=False
+):
     """SupCon L_out: identical to :func:`infonce` (labels=None makes it InfoNCE)."""
-    return infonce(views, labels, temperature=temperature, weight=weight, agg=agg, lse=lse)
+    return infonce(
+        views, labels, temperature=temperature, weight=weight, agg=agg, log_mean_exp=log_mean_exp
+    )
 
 
 def ntxent_cross_entropy(views, temperature=0.1):
@@ -202,14 +208,14 @@ def tcl(
     k2=1.0,
     weight=1.0,
     agg="mean_per_term",
-    lse="sum",
+    log_mean_exp=False,
 ):
     """TCL: e_i as infonce; f_i = log D_i,
     D_i = sum_P exp(s/tau) + k1 * sum_P exp(-s) + k2 * sum_Neg exp(s/tau)  (no tau in k1 term).
 
-    With lse="mean", f_i -= log|A(i)|. k1=0, k2=1 gives supcon.
+    With log_mean_exp=True, f_i -= log|A(i)|. k1=0, k2=1 gives supcon.
     """
-    _check_lse(lse)
+    _check_log_mean_exp(log_mean_exp)
     if k1 < 0 or k2 < 0:
         raise ValueError("k1 and k2 must be >= 0")
     z, ids, _ = flatten(views, labels)
@@ -227,7 +233,7 @@ def tcl(
         if k2 > 0 and len(neg_idx) > 0:
             log_terms.append(math.log(k2) + s[i, neg_idx] / temperature)
         f_i = _lse(torch.cat(log_terms))
-        if lse == "mean":
+        if log_mean_exp:
             f_i = f_i - math.log(m - 1)  # |A(i)| = M - 1
         ent_elems.append(f_i)
     return _finish(pos_elems, ent_elems, agg, weight, z)
@@ -243,14 +249,14 @@ def dhel(
     include_augs=True,
     weight=1.0,
     agg="mean_per_term",
-    lse="sum",
+    log_mean_exp=False,
 ):
     """DHEL: pos e_i = -mean_{p in P(i)} s_ip/tau for every anchor;
-    ent f_i = log sum_{j in SV(i)} exp(s_ij/tau) (minus log|SV(i)| if lse="mean") for anchors
+    ent f_i = log sum_{j in SV(i)} exp(s_ij/tau) (minus log|SV(i)| if log_mean_exp=True) for anchors
     of view 0 only (include_augs=False) or all anchors (include_augs=True); c_ent = V if
     include_augs else 1.
     """
-    _check_lse(lse)
+    _check_log_mean_exp(log_mean_exp)
     n_views = _n_views(views)
     z, ids, view_ids = flatten(views, labels)
     s = z @ z.T
@@ -263,7 +269,7 @@ def dhel(
             if len(sv_idx) == 0:
                 raise ValueError("DHEL needs N >= 2 (empty same-view set)")
             f_i = _lse(s[i, sv_idx] / temperature)
-            if lse == "mean":
+            if log_mean_exp:
                 f_i = f_i - math.log(len(sv_idx))
             ent_elems.append(f_i)
     c_ent = float(n_views) if include_augs else 1.0

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100, STL10
 from torchvision.datasets.utils import calculate_md5
 
+from raycl.config import DataConfig
 from raycl.data import (
     ClassSplitImageFolder,
     DigitsDataset,
@@ -31,6 +32,11 @@ from raycl.data import (
 from raycl.data.parquet import decode_image_bytes
 
 RNG = np.random.default_rng(0)
+
+
+def data(name: str, root: Path | None = None, **settings) -> DataConfig:
+    """A ``data`` config section (what ``build_datasets`` takes)."""
+    return DataConfig(name=name, root=None if root is None else str(root), **settings)
 
 
 def _images(n: int, size: int) -> np.ndarray:
@@ -148,7 +154,7 @@ def test_digits_split_is_fixed_and_stratified() -> None:
 
 
 def test_build_digits_batches_views() -> None:
-    train, train_eval, test, num_classes, in_channels = build_datasets("digits", num_views=3)
+    train, train_eval, test, num_classes, in_channels = build_datasets(data("digits", num_views=3))
     views, labels = next(iter(DataLoader(train, batch_size=8)))
     assert views.shape == (8, 3, 1, 8, 8)
     assert labels.shape == (8,)
@@ -212,7 +218,7 @@ def test_tensor_jitter_shifts_and_adds_noise() -> None:
 
 def test_build_synthetic_batches_views() -> None:
     bundle = build_datasets(
-        "synthetic", num_items=40, item_shape=[3, 4, 4], num_classes=4, num_views=2, seed=1
+        data("synthetic", num_items=40, item_shape=[3, 4, 4], num_classes=4), seed=1
     )
     views, labels = next(iter(DataLoader(bundle.train_contrastive, batch_size=8)))
     assert views.shape == (8, 2, 3, 4, 4) and labels.tolist() == [0, 1, 2, 3] * 2
@@ -222,7 +228,7 @@ def test_build_synthetic_batches_views() -> None:
     assert (len(bundle.train_eval), len(bundle.test_eval)) == (40, 8)
     assert (bundle.num_classes, bundle.in_channels) == (4, 3)
     with pytest.raises(ValueError, match=r"data\.num_items is required"):
-        build_datasets("synthetic", item_shape=[1, 8, 8], num_classes=2)
+        build_datasets(data("synthetic", item_shape=[1, 8, 8], num_classes=2))
 
 
 # --- torchvision formats ------------------------------------------------------------------
@@ -236,7 +242,7 @@ def test_cifar_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: typ
     _pin_md5s(monkeypatch, cls, tmp_path)
 
     name = "cifar10" if cls is CIFAR10 else "cifar100"
-    train, train_eval, test, num_classes, in_channels = build_datasets(name, tmp_path)
+    train, train_eval, test, num_classes, in_channels = build_datasets(data(name, tmp_path))
     assert len(train) == len(train_eval) == 3 * len(cls.train_list)
     assert len(test) == 3
     assert train[0][0].shape == (2, 3, 32, 32)
@@ -253,7 +259,7 @@ def test_cifar_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: typ
 def test_stl10_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = _write_stl10(tmp_path, {"train": 3, "unlabeled": 2, "test": 2})
     _pin_md5s(monkeypatch, STL10, tmp_path)
-    train, train_eval, test, num_classes, in_channels = build_datasets("stl10", tmp_path)
+    train, train_eval, test, num_classes, in_channels = build_datasets(data("stl10", tmp_path))
     assert (len(train), len(train_eval), len(test)) == (5, 3, 2)
     assert train[0][0].shape == (2, 3, 96, 96)
     assert [train[i][1] for i in range(5)] == [0, 1, 2, -1, -1]
@@ -266,7 +272,7 @@ def test_stl10_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "stl10"])
 def test_missing_torchvision_files_name_root_and_download(tmp_path: Path, name: str) -> None:
     with pytest.raises(FileNotFoundError, match=f"under '{tmp_path}'; pass download=true"):
-        build_datasets(name, tmp_path)
+        build_datasets(data(name, tmp_path))
 
 
 # --- folders ------------------------------------------------------------------------------
@@ -277,7 +283,7 @@ def test_imagefolder_train_test(tmp_path: Path, test_dir: str) -> None:
     _write_folder(tmp_path / "train", ["cat", "dog", "owl"], per_class=2)
     _write_folder(tmp_path / test_dir, ["cat", "dog", "owl"], per_class=1)
     train, train_eval, test, num_classes, in_channels = build_datasets(
-        "imagefolder", tmp_path, num_views=4, image_size=8
+        data("imagefolder", tmp_path, num_views=4, image_size=8)
     )
     assert (len(train), len(train_eval), len(test)) == (6, 6, 3)
     assert train[0][0].shape == (4, 3, 8, 8)
@@ -306,7 +312,7 @@ def test_class_split_is_class_disjoint(tmp_path: Path) -> None:
 
 def test_cub200_default_split_is_100_100(tmp_path: Path) -> None:
     _write_folder(tmp_path, [f"{i:03d}.bird" for i in range(1, 201)], per_class=1, size=4)
-    train, train_eval, test, num_classes, _ = build_datasets("cub200", tmp_path, image_size=4)
+    train, train_eval, test, num_classes, _ = build_datasets(data("cub200", tmp_path, image_size=4))
     assert len(train) == len(train_eval) == len(test) == num_classes == 100
     assert train[0][0].shape == (2, 3, 4, 4)
     assert test.classes[0] == "101.bird"
@@ -315,7 +321,7 @@ def test_cub200_default_split_is_100_100(tmp_path: Path) -> None:
 @pytest.mark.parametrize("name", ["cars196", "sop"])
 def test_other_metric_learning_sets_take_num_train_classes(tmp_path: Path, name: str) -> None:
     _write_folder(tmp_path, ["a", "b", "c"], per_class=1, size=4)
-    bundle = build_datasets(name, tmp_path, image_size=4, num_train_classes=1)
+    bundle = build_datasets(data(name, tmp_path, image_size=4, num_train_classes=1))
     assert (len(bundle.train_eval), len(bundle.test_eval), bundle.num_classes) == (1, 2, 2)
 
 
@@ -362,7 +368,7 @@ def test_build_parquet(tmp_path: Path) -> None:
     for split, n in (("train", 6), ("test", 4)):
         write_parquet_dataset(_images(n, 12), [i % 4 for i in range(n)], tmp_path / split)
     train, train_eval, test, num_classes, in_channels = build_datasets(
-        "parquet", tmp_path, image_size=8
+        data("parquet", tmp_path, image_size=8)
     )
     assert (len(train), len(train_eval), len(test)) == (6, 6, 4)
     assert train[0][0].shape == (2, 3, 8, 8) and test[3][0].shape == (3, 8, 8)
@@ -392,9 +398,9 @@ def test_read_ray_dataset(ray_local, parquet_dir: tuple[Path, np.ndarray, list[i
 
 def test_registry_errors() -> None:
     with pytest.raises(ValueError, match=r"data\.name must be one of \['digits', .*got 'mnist'"):
-        build_datasets("mnist")
+        build_datasets(data("mnist"))
     with pytest.raises(ValueError, match=r"data\.root is required"):
-        build_datasets("cifar10")
+        build_datasets(data("cifar10"))
 
 
 # -- MNIST-1D ----------------------------------------------------------------------------------
@@ -448,7 +454,7 @@ def test_signal_augment_shifts_scales_and_jitters() -> None:
 
 
 def test_build_mnist1d_and_its_class_disjoint_split(tmp_path: Path) -> None:
-    bundle = build_datasets("mnist1d", tmp_path, num_items=80, num_test_items=50)
+    bundle = build_datasets(data("mnist1d", tmp_path, num_items=80, num_test_items=50))
     views, label = bundle.train_contrastive[0]
     signal, _ = bundle.test_eval[0]
     assert views.shape == (2, 1, 40) and signal.shape == (1, 40) and 0 <= label < 10
@@ -459,10 +465,12 @@ def test_build_mnist1d_and_its_class_disjoint_split(tmp_path: Path) -> None:
     )
     assert bundle.num_classes == 10 and bundle.in_channels == 1
     split = build_datasets(
-        "mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=6
+        data("mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=6)
     )
     assert set(split.train_eval.targets) <= set(range(6))
     assert set(split.test_eval.targets) <= set(range(4)) and split.num_classes == 4
     assert split.test_eval.classes == ["6", "7", "8", "9"]
-    with pytest.raises(ValueError, match=r"data.num_train_classes must be in \[1, 9\]"):
-        build_datasets("mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=10)
+    with pytest.raises(ValueError, match=r"data.num_train_classes must be in \[1, 9\] for mnist1d"):
+        build_datasets(
+            data("mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=10)
+        )

@@ -276,7 +276,7 @@ def test_rayjob_runs_raycl_on_the_cluster_config_and_shared_storage():
     cfg = load_config(overrides, config_name=command)  # the entrypoint composes
     assert cfg.cluster.use_gpu and cfg.cluster.address == "auto"
     assert cfg.storage_path == MOUNT
-    if cfg.data.get("root"):
+    if cfg.data.root:
         assert cfg.data.root.startswith(f"{MOUNT}/")  # every worker reads the same files
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
     assert not re.search(r"token|secret|password", json.dumps(runtime_env), re.IGNORECASE)
@@ -297,8 +297,13 @@ def excluded(excludes: list[str]):
     return _get_excludes(ROOT, excludes)
 
 
-SHIPPED = ["raycl/cli.py", "raycl/data/__init__.py", "raycl/losses/tiled.py", "conf/train.yaml"]
-SHIPPED += ["conf/data/cifar10.yaml", "conf/cluster/gpu_multinode.yaml"]
+SHIPPED = [
+    "raycl/cli.py",
+    "raycl/data/__init__.py",
+    "raycl/losses/tiled.py",
+    "raycl/conf/train.yaml",
+]
+SHIPPED += ["raycl/conf/data/cifar10.yaml", "raycl/conf/cluster/gpu_multinode.yaml"]
 NOT_SHIPPED = [".venv/bin/python", "data/cifar10/x", "raycl_runs/run/x", ".git/HEAD"]
 
 
@@ -334,7 +339,7 @@ class Scaling:
     """Per-GPU cost of one data-parallel loss step (forward + backward) on W GPUs."""
 
     workers: int  # W
-    global_batch: int  # B = W × data.batch_size items
+    global_batch: int  # B = W × data.batch_size_per_worker items
     embeddings: int  # M = V·B rows of the gathered batch
     rows: int  # R = M / W local anchors
     tile: tuple[int, int]  # the largest similarity tile (rows × columns)
@@ -408,7 +413,7 @@ TABLE_WORKERS = (1, 8, 64, 512)
 
 
 def table_rows() -> list[list[str]]:
-    """deploy/README.md's table: d = 128, V = 2, data.batch_size = 512, block = CUDA's."""
+    """deploy/README.md's table: d = 128, V = 2, 512 items per GPU, block = CUDA's."""
     rows = []
     for w in TABLE_WORKERS:
         s = loss_scaling(w)

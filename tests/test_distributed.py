@@ -38,7 +38,7 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 1, 0])  # every class on both ranks
 TOL = {"rtol": 1e-9, "atol": 1e-11}
 # Non-default hyper-parameters, so that scale factors and options are exercised too.
 FAMILY_PARAMS = {
-    "infonce": {"temperature": 0.2, "weight": 0.7, "lse": "mean"},
+    "infonce": {"temperature": 0.2, "weight": 0.7, "log_mean_exp": True},
     "supcon": {"temperature": 0.3, "weight": 1.3},
     "tcl": {"temperature": 0.2, "k1": 30.0, "k2": 2.0, "weight": 0.5},
     "dhel": {"temperature": 0.4},

@@ -14,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from raycl import metrics
+from raycl.config import ModelConfig
 from raycl.data import DigitsDataset, MultiViewTransform, digits_transform
 from raycl.evaluate import (
     EvaluationReport,
@@ -34,7 +35,7 @@ EVAL_KWARGS = {"knn_k": 20, "recall_ks": (1, 4), "max_pairwise_points": 64, "bat
 
 def small_model() -> nn.Module:
     torch.manual_seed(0)
-    return build_model("small_cnn", in_channels=1, width=8, proj_dim=16)
+    return build_model(ModelConfig(name="small_cnn", width=8, proj_dim=16), in_channels=1)
 
 
 def digits(split: str, n: int, transform=None) -> Subset:

@@ -49,14 +49,16 @@ for name in ("ray", "hydra", "omegaconf"):
     raise SystemExit(f"{name} is importable: the blocker is not active")
 import raycl.bench.gpu, raycl.config, raycl.data, raycl.distributed, raycl.evaluate
 import raycl.losses, raycl.metrics, raycl.models, raycl.optim, raycl.session, raycl.train
-from raycl.config import schema_defaults
+from raycl.config import DataConfig, EvalConfig, TrainConfig
 from raycl.session import LocalSession
 from raycl.train import run_training
 
-config = schema_defaults()
-config.update(epochs=1, max_steps_per_epoch=2)
-config["data"]["batch_size"] = 64
-config["eval"].update(linear_probe=False, knn_k=20)
+config = TrainConfig(
+    epochs=1,
+    max_steps_per_epoch=2,
+    data=DataConfig(batch_size_per_worker=64),
+    eval=EvalConfig(linear_probe=False, knn_k=20),
+)
 session = LocalSession("cpu")
 run_training(config, session)
 loaded = sorted(m for m in sys.modules if m.partition(".")[0] in ("ray", "hydra", "omegaconf"))

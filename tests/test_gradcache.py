@@ -27,6 +27,7 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
+from raycl.config import ModelConfig
 from raycl.distributed import distributed_loss
 from raycl.gradcache import RngState, encode
 from raycl.losses import LOSSES, build_loss
@@ -39,7 +40,7 @@ LABELS = torch.tensor([0, 1, 2, 0, 1, 2, 1, 0, 2, 0])  # every class at least th
 CHUNK_SIZES = (1, 3, 4, N_ITEMS, N_ITEMS + 6)  # 3 and 4 leave a smaller last chunk
 TOL = {torch.float32: {"rtol": 1e-6, "atol": 1e-6}, torch.float64: {"rtol": 1e-10, "atol": 1e-10}}
 FAMILY_PARAMS = {
-    "infonce": {"temperature": 0.2, "weight": 0.7, "lse": "mean"},
+    "infonce": {"temperature": 0.2, "weight": 0.7, "log_mean_exp": True},
     "supcon": {"temperature": 0.3, "weight": 1.3},
     "tcl": {"temperature": 0.2, "k1": 30.0, "k2": 2.0, "weight": 0.5},
     "dhel": {"temperature": 0.4},
@@ -177,7 +178,7 @@ def test_cases_cover_every_family_and_aggregation():
 def small_cnn() -> nn.Module:
     """The real encoder: conv BatchNorm and the head's BatchNorm1d, in float64."""
     torch.manual_seed(0)
-    return build_model("small_cnn", in_channels=1, width=4, proj_dim=8).double()
+    return build_model(ModelConfig(name="small_cnn", width=4, proj_dim=8), in_channels=1).double()
 
 
 def images(n_items: int = N_ITEMS) -> torch.Tensor:

@@ -18,10 +18,10 @@ from tests import reference_losses as ref
 IMPLS = ("materialised", "tiled")
 # registry name -> (independent reference, non-default hyper-parameters to test with)
 FAMILIES = {
-    "infonce": (ref.infonce, {"temperature": 0.2, "weight": 0.7, "lse": "mean"}),
+    "infonce": (ref.infonce, {"temperature": 0.2, "weight": 0.7, "log_mean_exp": True}),
     "supcon": (ref.supcon, {"temperature": 0.3, "weight": 1.3}),
     "tcl": (ref.tcl, {"temperature": 0.2, "k1": 30.0, "k2": 2.0, "weight": 0.5}),
-    "dhel": (ref.dhel, {"temperature": 0.4, "include_augs": False, "lse": "mean"}),
+    "dhel": (ref.dhel, {"temperature": 0.4, "include_augs": False, "log_mean_exp": True}),
     "kcl": (ref.kcl, {"t": 1.5, "kernel": "imq", "weight": 4.0}),
     "margin": (ref.margin, {"pos_margin": 0.8, "neg_margin": 0.2, "weight": 2.0}),
 }
@@ -156,11 +156,11 @@ def test_supcon_without_labels_equals_infonce():
     torch.testing.assert_close(build_loss("supcon")(x).total, build_loss("infonce")(x).total)
 
 
-@pytest.mark.parametrize("lse", ["sum", "mean"])
-def test_tcl_with_k1_0_k2_1_equals_supcon(lse):
+@pytest.mark.parametrize("log_mean_exp", [False, True])
+def test_tcl_with_k1_0_k2_1_equals_supcon(log_mean_exp):
     x, labels = views(seed=6, n_items=10), labels_for(6, 10)
-    tcl = build_loss("tcl", k1=0.0, k2=1.0, lse=lse)(x, labels)
-    supcon = build_loss("supcon", lse=lse)(x, labels)
+    tcl = build_loss("tcl", k1=0.0, k2=1.0, log_mean_exp=log_mean_exp)(x, labels)
+    supcon = build_loss("supcon", log_mean_exp=log_mean_exp)(x, labels)
     for a, b in zip(tcl, supcon, strict=True):
         torch.testing.assert_close(a, b)
 
@@ -176,8 +176,8 @@ def test_total_is_pos_plus_weight_times_ent(name):
 @pytest.mark.parametrize("name", ["infonce", "tcl", "dhel"])
 def test_log_mean_exp_shifts_value_but_not_gradient(name):
     x = views(seed=8).requires_grad_(True)
-    by_sum = build_loss(name, lse="sum")(x)
-    by_mean = build_loss(name, lse="mean")(x)
+    by_sum = build_loss(name, log_mean_exp=False)(x)
+    by_mean = build_loss(name, log_mean_exp=True)(x)
     (g_sum,) = torch.autograd.grad(by_sum.total, x)
     (g_mean,) = torch.autograd.grad(by_mean.total, x)
     torch.testing.assert_close(g_sum, g_mean)
@@ -253,7 +253,9 @@ def test_half_precision_inputs_accumulate_in_fp32(dtype, impl):
         ("kcl", {"kernel": "cosine"}, "kernel must be one of"),
         ("kcl", {"t": 0.0}, "t must be > 0"),
         ("infonce", {"weight": -1.0}, "weight must be >= 0"),
-        ("infonce", {"lse": "max"}, "lse must be one of"),
+        ("infonce", {"log_mean_exp": "max"}, "log_mean_exp must be true or false"),
+        ("infonce", {"block_size": 0}, "block_size must be an integer >= 1"),
+        ("margin", {"impl": "tiled", "block_size": -4}, "block_size must be an integer >= 1"),
         ("infonce", {"impl": "fast"}, "impl must be one of"),
         ("infonce", {"aggregation": "mean_nonzero"}, "aggregation must be one of"),
         ("infonce", {"k1": 1.0}, "has no parameter 'k1'"),

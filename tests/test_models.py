@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from raycl.config import ModelConfig
 from raycl.models import ContrastiveModel, ProjectionHead, SmallCNN, build_model, resnet
 
 
@@ -89,18 +90,20 @@ def test_multiview_forward_matches_flat_forward() -> None:
 
 
 def test_build_model() -> None:
-    model = build_model("small_cnn", in_channels=1, width=8, proj_dim=4)
+    model = build_model(ModelConfig(name="small_cnn", width=8, proj_dim=4), in_channels=1)
     assert model.out_dim == 32 and model.embed_dim == 4
     assert model.head[0].out_features == 32  # hidden width defaults to out_dim
-    model = build_model("resnet18", 3, cifar_stem=True, proj_hidden_dim=64, proj_layers=3)
+    model = build_model(
+        ModelConfig(name="resnet18", cifar_stem=True, proj_hidden_dim=64, proj_layers=3), 3
+    )
     assert model.encoder.conv1.stride == (1, 1)
     assert model(torch.randn(2, 3, 32, 32))[1].shape == (2, 128)
     with pytest.raises(ValueError, match=r"model\.name must be one of \['small_cnn', .*got 'vit'"):
-        build_model("vit", 3)
+        build_model(ModelConfig(name="vit"), 3)
 
 
 def test_conv1d_encodes_signals_and_multiview_batches() -> None:
-    model = build_model("conv1d", in_channels=1, width=8, proj_dim=16)
+    model = build_model(ModelConfig(name="conv1d", width=8, proj_dim=16), in_channels=1)
     assert model.item_dims == 2 and model.out_dim == 40
     views = torch.randn(6, 2, 1, 40)
     features, embeddings = model(views)

@@ -42,7 +42,7 @@ SPACE = {
         "step": 1.0,
         "min_step": 1.0,
     },
-    "data.batch_size": {"scale": "pow2", "lower": 32, "upper": 128, "start": 64},
+    "data.batch_size_per_worker": {"scale": "pow2", "lower": 32, "upper": 128, "start": 64},
 }
 
 
@@ -59,7 +59,7 @@ def quadratic_table(seeds: int = 2, epochs: int = 3, noise: float = 0.3) -> pd.D
     for point in SearchSpace.from_dict(SPACE).lattice():
         u = math.log2(point["loss.temperature"]) + 2
         v = math.log2(point["loss.weight"]) - 1
-        b = math.log2(point["data.batch_size"]) - 5
+        b = math.log2(point["data.batch_size_per_worker"]) - 5
         value = 80 - 3 * u * u - 2 * v * v - b * b
         for seed in range(seeds):
             shift = rng.normal(0, noise)
@@ -166,7 +166,7 @@ def test_bad_search_sections_are_one_line(settings: dict, match: str) -> None:
 
 def test_landscape_means_regret_and_gate(landscape: Landscape) -> None:
     best = landscape.space.key(
-        {"loss.temperature": 0.25, "loss.weight": 2.0, "data.batch_size": 32}
+        {"loss.temperature": 0.25, "loss.weight": 2.0, "data.batch_size_per_worker": 32}
     )
     assert landscape.best_key == best and landscape.regret(best) == 0
     start = landscape.start_key
@@ -353,7 +353,7 @@ def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> Non
         "epochs=2",
         "max_steps_per_epoch=2",
         "eval.knn_k=20",
-        "data.batch_size=64",
+        "data.batch_size_per_worker=64",
     ]
     raycl = [sys.executable, "-m", "raycl.cli"]
     built = subprocess.run(

@@ -11,7 +11,7 @@ from raycl.config import ConfigError, load_config
 
 QUICK = [
     "epochs=2",
-    "data.batch_size=64",
+    "data.batch_size_per_worker=64",
     "max_steps_per_epoch=4",
     "eval.linear_probe=false",
     "eval.knn_k=20",
@@ -42,30 +42,31 @@ def test_bad_config_is_a_one_line_error(overrides, match):
     assert "\n" not in str(info.value)
 
 
-def test_every_shipped_group_option_composes():
-    for group, options in {
-        "loss": ["infonce", "supcon", "tcl", "dhel", "kcl", "margin"],
-        "model": ["small_cnn", "resnet18", "resnet50"],
-        "optim": ["adamw", "sgd", "lars"],
-        "cluster": ["local_cpu", "local_gpu", "gpu_multinode"],
-        "data": [
-            "digits",
-            "cifar10",
-            "cifar100",
-            "stl10",
-            "imagefolder",
-            "cub200",
-            "parquet",
-            "synthetic",
-        ],
-    }.items():
-        for option in options:
+def test_every_registry_name_has_its_yaml_and_every_yaml_composes():
+    from raycl.config import group_options
+    from raycl.data import DATASETS
+    from raycl.losses import LOSSES
+    from raycl.models import MODELS
+    from raycl.optim import OPTIMIZERS
+    from raycl.search.methods import METHODS
+    from raycl.search.tuner import load_tune_config
+
+    options = group_options()
+    registries = {"loss": LOSSES, "data": DATASETS, "model": MODELS, "optim": OPTIMIZERS}
+    registries["search"] = METHODS
+    for group, names in registries.items():
+        assert set(options[group]) == set(names), group
+    assert set(options["space"]) == set(LOSSES)
+    for group in ("loss", "data", "model", "optim", "cluster", "tracking"):
+        for option in options[group]:
             cfg = load_config([f"{group}={option}"])
-            assert cfg[group]["name" if group != "cluster" else "num_workers"] is not None
+            assert getattr(cfg, group) is not None
+    for option in options["search"]:
+        assert load_tune_config([f"search={option}"]).search.method == option
 
 
 def run(tmp_path, *overrides):
-    from raycl.train import train
+    from raycl.runner import train
 
     return train(load_config([*QUICK, f"storage_path={tmp_path}", *overrides]))
 

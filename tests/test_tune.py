@@ -8,6 +8,7 @@ import itertools
 import pytest
 
 from raycl.config import ConfigError
+from raycl.losses import LOSSES
 from raycl.search.tuner import load_tune_config
 from tests.conftest import TINY_TRAINING
 
@@ -35,10 +36,10 @@ def test_bad_search_configs_are_one_line_errors(overrides, match):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("loss", ["infonce", "supcon", "tcl", "dhel", "kcl", "margin"])
-def test_every_loss_has_a_search_space(loss):
+@pytest.mark.parametrize("loss", sorted(LOSSES))
+def test_every_loss_has_a_search_space_with_the_batch_size(loss):
     cfg = load_tune_config([f"loss={loss}"])
-    assert cfg.space.loss
+    assert cfg.space["loss"] and cfg.space["data"]["batch_size_per_worker"]["scale"] == "pow2"
 
 
 def test_best_point_averages_a_configurations_seeds():

@@ -11,7 +11,7 @@ in one is recorded and the run goes on), then one markdown report, ``gpu.md``:
    same process (its limit), the materialised engine where it fits.
 3. ``train``: the per-worker loop (:func:`raycl.train.run_training` through a
    :class:`~raycl.session.LocalSession`) on digits, then resnet18 (CIFAR stem) training steps
-   of the loop (``raycl.train._train_epoch``) on CIFAR-shaped random tensors, bf16 autocast,
+   of the loop (``raycl.train.train_epoch``) on CIFAR-shaped random tensors, bf16 autocast,
    per-GPU batch 256 doubling until out of memory: items/s and peak memory.
 4. ``collectives``: a one-rank process group (nccl; gloo on the CPU): the data-parallel loss
    through the gather, the count all-reduce and the backward reduce-scatter equals the plain
@@ -35,7 +35,7 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -255,14 +255,16 @@ def stage_train(plan: Plan, device: str, record: Recorder, out: Path) -> None:
 def train_digits(device: str, steps: int, epochs: int = 2) -> dict:
     """:func:`raycl.train.run_training` on digits (small_cnn, InfoNCE, bf16 autocast) through a
     :class:`LocalSession`, from the schema's defaults: the real per-worker loop, no Ray."""
-    from raycl.config import schema_defaults
+    from raycl.config import ClusterConfig, EvalConfig, TrainConfig
     from raycl.session import LocalSession
     from raycl.train import run_training
 
-    config = schema_defaults()
-    config.update(epochs=epochs, max_steps_per_epoch=steps)
-    config["eval"].update(linear_probe=False, knn_k=20)
-    config["cluster"]["precision"] = "bf16"
+    config = TrainConfig(
+        epochs=epochs,
+        max_steps_per_epoch=steps,
+        eval=EvalConfig(linear_probe=False, knn_k=20),
+        cluster=ClusterConfig(precision="bf16"),
+    )
     session = LocalSession(device)
     started = time.perf_counter()
     run_training(config, session)
@@ -283,42 +285,41 @@ def time_training_steps(batch: int, steps: int, device: str, chunk_size: int | N
     random 2×3×32×32 views kept on the device (data loading excluded: this times the step);
     one untimed step first (cuDNN, allocator, optimiser state).
     """
-    from raycl.config import ModelConfig, OptimConfig
+    from raycl.config import ClusterConfig, ModelConfig, OptimConfig, StepConfig, TrainConfig
     from raycl.models import build_model
-    from raycl.optim import build_optimizer, warmup_cosine
+    from raycl.optim import build_optimization
     from raycl.session import LocalSession
-    from raycl.train import _train_epoch
+    from raycl.train import TrainingRun, train_epoch
 
     dev = torch.device(device)
     session = LocalSession(dev)
-    model_cfg = asdict(ModelConfig(name="resnet18", cifar_stem=True))
-    model = session.prepare_model(build_model(in_channels=3, **model_cfg))
-    opt = OptimConfig()
-    optimizer = build_optimizer(
-        model, opt.name, opt.lr, momentum=opt.momentum, weight_decay=opt.weight_decay
+    config = TrainConfig(
+        model=ModelConfig(name="resnet18", cifar_stem=True),
+        optim=OptimConfig(warmup_epochs=0),
+        cluster=ClusterConfig(precision="bf16"),
+        train=StepConfig(chunk_size=chunk_size),
     )
-    scheduler = warmup_cosine(optimizer, 1, steps + 1, opt.final_lr_fraction)
+    model = session.prepare_model(build_model(config.model, in_channels=3))
+    optimizer, scheduler = build_optimization(model, config.optim, batch, steps + 1, 1)
     views = torch.randn(batch, 2, 3, 32, 32, device=dev)
     labels = torch.zeros(batch, dtype=torch.long, device=dev)  # unused: self-supervised
-    loss_fn = build_loss("infonce")
-    autocast = torch.autocast(dev.type, dtype=torch.bfloat16)
+    run = TrainingRun(
+        config,
+        session,
+        None,
+        [],
+        model,
+        build_loss("infonce"),
+        optimizer,
+        scheduler,
+        steps=0,
+        global_batch=batch,
+        autocast=torch.autocast(dev.type, dtype=torch.bfloat16),
+    )
 
     def epoch(n: int, index: int) -> dict[str, float]:
-        loader = [(views, labels)] * n
-        means, _ = _train_epoch(
-            model=model,
-            loader=loader,
-            loss_fn=loss_fn,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            steps=n,
-            epoch=index,
-            device=dev,
-            autocast=autocast,
-            supervised=False,
-            chunk_size=chunk_size,
-        )
-        return means
+        run.loader, run.steps = [(views, labels)] * n, n
+        return train_epoch(run, index)[0]
 
     epoch(1, 0)
     resident = torch.cuda.memory_allocated(dev) if dev.type == "cuda" else 0

@@ -50,7 +50,7 @@ def jobs(cfg, seeds: int) -> list[tuple[dict[str, Any], int]]:
     return [(point, cfg.seed + s) for s in range(seeds) for point in space.lattice()]
 
 
-def _train_run(base: dict[str, Any], point: dict[str, Any], seed: int) -> dict[str, Any]:
+def _train_run(base: Any, point: dict[str, Any], seed: int) -> dict[str, Any]:
     """One training run in this process: its per-epoch reports and wall time."""
     import torch
 
@@ -131,13 +131,14 @@ def run(args: argparse.Namespace) -> Path:
         TimeRemainingColumn,
     )
 
-    from raycl.config import to_dict
+    from raycl.runner import connect_ray
     from raycl.search.space import space_config
+    from raycl.search.tuner import training_config
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
     cfg = tune_config(args.overrides)
-    base = {k: v for k, v in to_dict(cfg).items() if k not in ("search", "space")}
+    base = training_config(cfg)
     metadata = {
         "overrides": args.overrides,
         "space": space_config(cfg),
@@ -158,7 +159,7 @@ def run(args: argparse.Namespace) -> Path:
     ]
     print(f"landscape: {len(done)} runs done, {len(todo)} to train on {args.workers} actors")
     if todo:
-        ray.init(address=args.address or "local", include_dashboard=False, log_to_driver=False)
+        connect_ray(args.address)
         trainer = ray.remote(num_cpus=1)(_Trainer)
         pool = ray.util.ActorPool([trainer.remote() for _ in range(args.workers)])
         columns = (
@@ -187,7 +188,7 @@ def run(args: argparse.Namespace) -> Path:
 class _Trainer:
     """A Ray actor that trains one landscape run after another in its own process."""
 
-    def train(self, base: dict[str, Any], point: dict[str, Any], seed: int) -> dict[str, Any]:
+    def train(self, base: Any, point: dict[str, Any], seed: int) -> dict[str, Any]:
         return _train_run(base, point, seed)
 
 

@@ -31,7 +31,7 @@ from raycl.bench.measure import (
     serve_worker,
 )
 
-# name -> (build_model keyword arguments, item shape); CIFAR stem on 32 px, digits at 8 px
+# name -> (ModelConfig settings, item shape); CIFAR stem on 32 px, digits at 8 px
 MODELS: dict[str, tuple[dict, tuple[int, ...]]] = {
     "small_cnn": ({"name": "small_cnn"}, (1, 8, 8)),
     "resnet18": ({"name": "resnet18", "cifar_stem": True}, (3, 32, 32)),
@@ -52,6 +52,7 @@ def measure_step(
 ) -> dict:
     """Peak bytes and the best wall and CPU (all threads) seconds of ``repeats`` training
     steps, in a fresh process; a step slower than a minute is not repeated."""
+    from raycl.config import ModelConfig
     from raycl.losses import build_loss
     from raycl.models import build_model
     from raycl.optim import build_optimizer
@@ -60,7 +61,7 @@ def measure_step(
     device = torch.device("cpu")
     kwargs, shape = MODELS[model]
     torch.manual_seed(0)
-    net = build_model(in_channels=shape[0], proj_dim=dim, **kwargs).train()
+    net = build_model(ModelConfig(proj_dim=dim, **kwargs), in_channels=shape[0]).train()
     loss = build_loss("infonce")
     optimizer = build_optimizer(net, "adamw", 1e-3, momentum=0.9, weight_decay=1e-4)
 

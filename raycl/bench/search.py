@@ -289,10 +289,11 @@ def live_check(
     full-length trial's metric against the table (z = (metric − table mean) / σ)."""
     import ray
 
+    from raycl.runner import connect_ray
     from raycl.search.tuner import load_tune_config, run_search
 
     storage = str(Path(args.storage_path).resolve())
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    connect_ray()
     lines = [
         f"One real `raycl tune` per method on the table's config, budget {budget_epochs} "
         f"epochs, {args.concurrency} trials in flight. z = (trial's metric − table mean of its "

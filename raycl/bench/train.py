@@ -20,9 +20,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     """One short training per worker count; its last epoch's throughput."""
     import ray
 
-    from raycl.train import train
+    from raycl.runner import connect_ray, train
 
-    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    connect_ray()
     rows = []
     with tempfile.TemporaryDirectory() as storage:
         for workers in args.workers:

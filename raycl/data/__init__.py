@@ -7,13 +7,14 @@ A contrastive training item is ``(views, label)`` with ``views`` a float tensor
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, VisionDataset
 
 from raycl.data.digits import DigitsDataset
@@ -29,6 +30,9 @@ from raycl.data.transforms import (
 )
 from raycl.data.vision import ClassSplitImageFolder, image_folder, open_torchvision
 
+if TYPE_CHECKING:
+    from raycl.config import DataConfig
+
 __all__ = [
     "DATASETS",
     "ClassSplitImageFolder",
@@ -40,12 +44,14 @@ __all__ = [
     "SyntheticDataset",
     "TensorJitter",
     "build_datasets",
+    "check_data",
     "digits_transform",
     "eval_transform",
     "image_folder",
     "open_torchvision",
     "read_ray_dataset",
     "simclr_transform",
+    "training_loader",
     "write_parquet_dataset",
 ]
 
@@ -60,24 +66,10 @@ class DatasetBundle(NamedTuple):
     in_channels: int
 
 
-@dataclass(frozen=True)
-class _Request:
-    name: str
-    root: Path | None
-    num_views: int
-    download: bool
-    image_size: int | None
-    num_train_classes: int | None
-    num_items: int | None = None
-    num_test_items: int | None = None
-    item_shape: tuple[int, ...] | None = None
-    num_classes: int | None = None
-    seed: int = 0
-
-    def require_root(self) -> Path:
-        if self.root is None:
-            raise ValueError(f"data.root is required for data set {self.name!r}")
-        return self.root
+def _root(data: DataConfig) -> Path:
+    if data.root is None:
+        raise ValueError(f"data.root is required for data set {data.name!r}")
+    return Path(data.root)
 
 
 @dataclass(frozen=True)
@@ -121,12 +113,12 @@ _SOURCE_SPLIT = {"contrastive": "train", "train": "train", "test": "test"}
 
 
 def _assemble(
-    request: _Request,
+    data: DataConfig,
     open_split: _OpenSplit,
     train_transform: Callable,
     test_transform: Callable | None,
 ) -> tuple[Dataset, Dataset, Dataset]:
-    views = MultiViewTransform(train_transform, request.num_views)
+    views = MultiViewTransform(train_transform, data.num_views)
     return (
         open_split("contrastive", views),
         open_split("train", test_transform),
@@ -134,9 +126,9 @@ def _assemble(
     )
 
 
-def _digits(request: _Request) -> DatasetBundle:
+def _digits(data: DataConfig, seed: int) -> DatasetBundle:
     datasets = _assemble(
-        request,
+        data,
         lambda split, transform: DigitsDataset(_SOURCE_SPLIT[split], transform),
         digits_transform(),
         eval_transform(),
@@ -144,51 +136,44 @@ def _digits(request: _Request) -> DatasetBundle:
     return DatasetBundle(*datasets, num_classes=10, in_channels=1)
 
 
-def _mnist1d(request: _Request) -> DatasetBundle:
+def _mnist1d(data: DataConfig, seed: int) -> DatasetBundle:
     """MNIST-1D, generated locally; with ``num_train_classes`` the class-disjoint split."""
     spec = Mnist1dSpec(
-        num_train=request.num_items or Mnist1dSpec.num_train,
-        num_test=request.num_test_items or Mnist1dSpec.num_test,
+        num_train=data.num_items or Mnist1dSpec.num_train,
+        num_test=data.num_test_items or Mnist1dSpec.num_test,
     )
     train_classes = test_classes = None
-    if request.num_train_classes is not None:
-        n = request.num_train_classes
-        if not 0 < n < 10:
-            raise ValueError(f"data.num_train_classes must be in [1, 9] for mnist1d, got {n}")
+    if data.num_train_classes is not None:  # in [1, 9]: check_data
+        n = data.num_train_classes
         train_classes, test_classes = list(range(n)), list(range(n, 10))
-    cache = request.root
+    cache = data.root  # None: ~/.cache/raycl/mnist1d
 
     def open_split(split: str, transform: Callable | None) -> Dataset:
         source = _SOURCE_SPLIT[split]
         classes = train_classes if source == "train" else test_classes
         return MNIST1DDataset(source, spec, transform, classes, cache)
 
-    datasets = _assemble(request, open_split, SignalAugment(), None)
+    datasets = _assemble(data, open_split, SignalAugment(), None)
     return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=1)
 
 
-def _synthetic(request: _Request) -> DatasetBundle:
+def _synthetic(data: DataConfig, seed: int) -> DatasetBundle:
     """Generated items (:mod:`raycl.data.synthetic`); views by :class:`TensorJitter`."""
-    for key in ("num_items", "item_shape", "num_classes"):
-        if getattr(request, key) is None:
-            raise ValueError(f"data.{key} is required for data set 'synthetic'")
-    sizes = {"train": request.num_items, "test": held_out_size(request.num_items)}
+    sizes = {"train": data.num_items, "test": held_out_size(data.num_items)}
 
     def open_split(split: str, transform: Callable) -> Dataset:
         source = _SOURCE_SPLIT[split]
         return SyntheticDataset(
             sizes[source],
-            request.item_shape,
-            request.num_classes,
+            data.item_shape,
+            data.num_classes,
             split=source,
-            seed=request.seed,
+            seed=seed,
             transform=transform,
         )
 
-    datasets = _assemble(request, open_split, TensorJitter(), None)
-    return DatasetBundle(
-        *datasets, num_classes=request.num_classes, in_channels=request.item_shape[0]
-    )
+    datasets = _assemble(data, open_split, TensorJitter(), None)
+    return DatasetBundle(*datasets, num_classes=data.num_classes, in_channels=data.item_shape[0])
 
 
 def _torchvision(
@@ -196,16 +181,17 @@ def _torchvision(
     split_kwargs: dict[str, dict[str, Any]],
     recipe: _Recipe,
     num_classes: int,
-    request: _Request,
+    data: DataConfig,
+    seed: int,
 ) -> DatasetBundle:
-    root = request.require_root()
+    root = _root(data)
 
     def open_split(split: str, transform: Callable) -> Dataset:
         return open_torchvision(
-            cls, root, download=request.download, transform=transform, **split_kwargs[split]
+            cls, root, download=data.download, transform=transform, **split_kwargs[split]
         )
 
-    datasets = _assemble(request, open_split, *recipe.transforms(request.image_size))
+    datasets = _assemble(data, open_split, *recipe.transforms(data.image_size))
     return DatasetBundle(*datasets, num_classes=num_classes, in_channels=3)
 
 
@@ -215,36 +201,36 @@ def _split_dirs(root: Path) -> dict[str, Path]:
     return {"train": root / "train", "test": test}
 
 
-def _imagefolder(request: _Request) -> DatasetBundle:
-    folder = _split_dirs(request.require_root())
+def _imagefolder(data: DataConfig, seed: int) -> DatasetBundle:
+    folder = _split_dirs(_root(data))
     datasets = _assemble(
-        request,
+        data,
         lambda split, transform: image_folder(folder[_SOURCE_SPLIT[split]], transform),
-        *_IMAGENET.transforms(request.image_size),
+        *_IMAGENET.transforms(data.image_size),
     )
     return DatasetBundle(*datasets, num_classes=len(datasets[1].classes), in_channels=3)
 
 
-def _class_split(default_train_classes: int, request: _Request) -> DatasetBundle:
+def _class_split(default_train_classes: int, data: DataConfig, seed: int) -> DatasetBundle:
     """Class-disjoint split; ``num_classes`` counts the test classes (as NMI / recall use)."""
-    root = request.require_root()
-    num_train = request.num_train_classes or default_train_classes
+    root = _root(data)
+    num_train = data.num_train_classes or default_train_classes
     datasets = _assemble(
-        request,
+        data,
         lambda split, transform: ClassSplitImageFolder(
             root, _SOURCE_SPLIT[split], num_train, transform
         ),
-        *_IMAGENET.transforms(request.image_size),
+        *_IMAGENET.transforms(data.image_size),
     )
     return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=3)
 
 
-def _parquet(request: _Request) -> DatasetBundle:
-    folder = _split_dirs(request.require_root())
+def _parquet(data: DataConfig, seed: int) -> DatasetBundle:
+    folder = _split_dirs(_root(data))
     datasets = _assemble(
-        request,
+        data,
         lambda split, transform: ParquetImageDataset(folder[_SOURCE_SPLIT[split]], transform),
-        *_IMAGENET.transforms(request.image_size),
+        *_IMAGENET.transforms(data.image_size),
     )
     num_classes = 1 + max(max(datasets[1].targets), max(datasets[2].targets))
     return DatasetBundle(*datasets, num_classes=num_classes, in_channels=3)
@@ -257,7 +243,7 @@ _STL10_SPLITS = {
     "test": {"split": "test"},
 }
 
-DATASETS: dict[str, Callable[[_Request], DatasetBundle]] = {
+DATASETS: dict[str, Callable[[DataConfig, int], DatasetBundle]] = {
     "digits": _digits,
     "mnist1d": _mnist1d,
     "cifar10": partial(_torchvision, CIFAR10, _CIFAR_SPLITS, _CIFAR10, 10),
@@ -272,23 +258,9 @@ DATASETS: dict[str, Callable[[_Request], DatasetBundle]] = {
 }
 
 
-def build_datasets(
-    name: str,
-    root: str | Path | None = None,
-    num_views: int = 2,
-    *,
-    download: bool = False,
-    image_size: int | None = None,
-    num_train_classes: int | None = None,
-    num_items: int | None = None,
-    num_test_items: int | None = None,
-    item_shape: Sequence[int] | None = None,
-    num_classes: int | None = None,
-    seed: int = 0,
-) -> DatasetBundle:
-    """Build ``(train_contrastive, train_eval, test_eval, num_classes, in_channels)``.
-
-    ``name`` is one of :data:`DATASETS`:
+def build_datasets(data: DataConfig, seed: int = 0) -> DatasetBundle:
+    """Build ``(train_contrastive, train_eval, test_eval, num_classes, in_channels)`` for the
+    ``data`` section; ``data.name`` is one of :data:`DATASETS`:
 
     * ``digits``: scikit-learn digits, embedded, 1x8x8 (``root`` unused).
     * ``mnist1d``: MNIST-1D generated locally, 1x40 signals; ``num_items`` training and
@@ -310,19 +282,55 @@ def build_datasets(
     ``image_size`` overrides the crop size of the photo data sets (224 for folders/Parquet);
     ``download`` is passed to torchvision's downloaders.
     """
-    if name not in DATASETS:
-        raise ValueError(f"data.name must be one of {list(DATASETS)}, got {name!r}")
-    request = _Request(
-        name=name,
-        root=None if root is None else Path(root),
-        num_views=num_views,
-        download=download,
-        image_size=image_size,
-        num_train_classes=num_train_classes,
-        num_items=num_items,
-        num_test_items=num_test_items,
-        item_shape=None if item_shape is None else tuple(item_shape),
-        num_classes=num_classes,
-        seed=seed,
+    check_data(data)
+    return DATASETS[data.name](data, seed)
+
+
+def training_loader(dataset: Dataset, data: DataConfig, seed: int) -> DataLoader:
+    """The in-worker loader of contrastive items (``data.ingest = loader``): shuffled with a
+    ``seed``-ed generator, ``data.batch_size_per_worker`` items a batch, last partial dropped."""
+    return DataLoader(
+        dataset,
+        batch_size=data.batch_size_per_worker,
+        shuffle=True,
+        drop_last=True,
+        num_workers=data.loader_workers,
+        generator=torch.Generator().manual_seed(seed),
     )
-    return DATASETS[name](request)
+
+
+# Settings a data set cannot do without, by name.
+_REQUIRED = {
+    "synthetic": ("num_items", "item_shape", "num_classes"),
+    **{name: ("root",) for name in ("imagefolder", "cub200", "cars196", "sop", "parquet")},
+    **{name: ("root",) for name in ("cifar10", "cifar100", "stl10")},
+}
+INGESTS = ("loader", "ray_data")
+
+
+def check_data(data: DataConfig) -> None:
+    """One-line ``ValueError`` naming the ``data.*`` key of a bad ``data`` section."""
+    if data.name not in DATASETS:
+        raise ValueError(f"data.name must be one of {list(DATASETS)}, got {data.name!r}")
+    checks = [
+        ("num_views", data.num_views >= 2, "must be >= 2"),
+        ("batch_size_per_worker", data.batch_size_per_worker >= 2, "must be >= 2"),
+        ("loader_workers", data.loader_workers >= 0, "must be >= 0"),
+        ("ingest", data.ingest in INGESTS, f"must be one of {list(INGESTS)}"),
+        (
+            "ingest",
+            data.ingest == "loader" or data.name == "parquet",
+            "ray_data streams Parquet files only (data=parquet)",
+        ),
+        (
+            "num_train_classes",
+            data.name != "mnist1d" or data.num_train_classes in (None, *range(1, 10)),
+            "must be in [1, 9] for mnist1d",
+        ),
+    ]
+    for key, ok, rule in checks:
+        if not ok:
+            raise ValueError(f"data.{key} {rule}, got {getattr(data, key)!r}")
+    for key in _REQUIRED.get(data.name, ()):
+        if getattr(data, key) is None:
+            raise ValueError(f"data.{key} is required for data set {data.name!r}")

@@ -10,7 +10,7 @@ import inspect
 from typing import Any
 
 from raycl.losses.aggregation import AGGREGATIONS, aggregate
-from raycl.losses.base import ContrastiveLoss, LossTerms
+from raycl.losses.base import ENGINE_OPTIONS, ContrastiveLoss, EngineOptions, LossTerms
 from raycl.losses.dhel import DHELLoss
 from raycl.losses.infonce import InfoNCELoss
 from raycl.losses.kcl import KCLLoss
@@ -29,18 +29,30 @@ def build_loss(name: str, **params: Any) -> ContrastiveLoss:
     if name not in LOSSES:
         raise ValueError(f"loss name must be one of {sorted(LOSSES)}, got {name!r}")
     cls = LOSSES[name]
-    allowed = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    allowed = [*loss_parameters(cls), *ENGINE_OPTIONS]
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ValueError(f"loss {name!r} has no parameter {unknown[0]!r}; allowed: {allowed}")
     return cls(**params)
 
 
+def loss_parameters(cls: type[ContrastiveLoss]) -> list[str]:
+    """A family's own parameters (its balance knobs), without the shared engine knobs."""
+    kinds = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
+    return [
+        name
+        for name, p in inspect.signature(cls.__init__).parameters.items()
+        if name != "self" and p.kind not in kinds
+    ]
+
+
 __all__ = [
     "AGGREGATIONS",
+    "ENGINE_OPTIONS",
     "LOSSES",
     "ContrastiveLoss",
     "DHELLoss",
+    "EngineOptions",
     "InfoNCELoss",
     "KCLLoss",
     "LossTerms",

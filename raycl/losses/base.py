@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from typing import ClassVar, Literal, NamedTuple
+from typing import ClassVar, Literal, NamedTuple, TypedDict
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +34,17 @@ AUTO_TILE_ENTRIES = 4096 * 4096
 CountReducer = Callable[[Tensor], Tensor]
 
 
+class EngineOptions(TypedDict, total=False):
+    """The engine knobs every loss takes by keyword (:class:`ContrastiveLoss`)."""
+
+    impl: Impl  # auto | materialised | tiled
+    block_size: int | None  # tile edge of the tiled engine (None: the device's default)
+    normalize: bool  # L2-normalise embeddings first (cosine similarity)
+
+
+ENGINE_OPTIONS: tuple[str, ...] = tuple(EngineOptions.__annotations__)
+
+
 class LossTerms(NamedTuple):
     """A loss value with its two sub-losses: ``total = pos + weight · ent``."""
 
@@ -46,7 +57,9 @@ class ContrastiveLoss(nn.Module, ABC):
     """Base class: validation, normalisation, engine dispatch and aggregation.
 
     Subclasses define :meth:`reductions` and :meth:`term_sums`, and may scale the aggregated
-    terms with ``pos_scale`` / :meth:`ent_scale` to reproduce a paper's constants.
+    terms with ``pos_scale`` / :meth:`ent_scale` to reproduce a paper's constants. Every
+    family's constructor takes its own balance knobs and passes the engine knobs
+    (:class:`EngineOptions`) on by keyword, so all share one validated signature.
     """
 
     name: ClassVar[str]
@@ -64,11 +77,15 @@ class ContrastiveLoss(nn.Module, ABC):
         normalize: bool = True,
     ) -> None:
         super().__init__()
+        if block_size is not None and (
+            isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1
+        ):
+            raise ValueError(f"block_size must be an integer >= 1 or None, got {block_size!r}")
         self.block_size = block_size
         self.weight = check_number("weight", weight, minimum=0.0)
         self.aggregation = check_choice("aggregation", aggregation, self.aggregations)
         self.impl = check_choice("impl", impl, IMPLS)
-        self.normalize = normalize
+        self.normalize = check_bool("normalize", normalize)
 
     def forward(self, embeddings: Tensor | Sequence[Tensor], labels: Tensor | None = None):
         """Loss of a batch: views ``(V, N, d)`` (+ optional labels ``(N,)``) or ``(M, d)`` + labels.
@@ -176,11 +193,12 @@ def positive_counts(rows: PairStructure, cols: PairStructure, name: str) -> Tens
     return counts
 
 
-def log_mean_exp(
-    lse: Tensor, rows: PairStructure, cols: PairStructure, columns: ColumnSet, mode: str
+def entropy_value(
+    lse: Tensor, rows: PairStructure, cols: PairStructure, columns: ColumnSet, log_mean_exp: bool
 ) -> Tensor:
-    """``lse − log |C(i)|`` (a log-*mean*-exp) when ``mode == 'mean'``, else ``lse``."""
-    if mode == "sum":
+    """The log-sum-exp ``lse`` over each anchor's columns ``C(i)``, or with ``log_mean_exp``
+    the log-*mean*-exp ``lse − log |C(i)|`` (same gradients; comparable across batch sizes)."""
+    if not log_mean_exp:
         return lse
     return lse - column_counts(rows, cols, columns).to(lse.dtype).clamp_min(1).log()
 
@@ -194,6 +212,13 @@ def check_number(
     if minimum is not None and (value <= minimum if strict else value < minimum):
         raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
     return float(value)
+
+
+def check_bool(name: str, value: bool) -> bool:
+    """``value`` if it is a bool; a one-line ValueError otherwise."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
 
 
 def check_choice(name: str, value: str, allowed: Sequence[str]) -> str:

@@ -8,7 +8,7 @@ The energy (denominator) holds only same-view pairs: no positive, no cross-view 
 alignment gradient is the constant −1/τ. Split over anchors i of every view:
 
     pos = agg_i[ −mean_{p∈P(i)} s_ip/τ ]
-    ent = c · agg_i[ LSE_{j ∈ same_view(i)} s_ij/τ − (log|same_view(i)| if lse='mean') ]
+    ent = c · agg_i[ LSE_{j ∈ same_view(i)} s_ij/τ − (log|same_view(i)| if log_mean_exp) ]
     total = pos + weight · ent
 
 With ``include_augs=True`` (code default) every anchor has an energy element and c = V (one
@@ -17,10 +17,12 @@ energy per view, as in the formula); with ``include_augs=False`` only view-0 anc
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from torch import Tensor
 
 from raycl.losses.aggregation import Aggregation
-from raycl.losses.base import Impl
+from raycl.losses.base import EngineOptions
 from raycl.losses.infonce import InfoNCELoss
 from raycl.losses.structure import PairStructure
 
@@ -38,12 +40,16 @@ class DHELLoss(InfoNCELoss):
         include_augs: bool = True,
         weight: float = 1.0,
         aggregation: Aggregation = "mean_per_term",
-        lse: str = "sum",
-        impl: Impl = "auto",
-        block_size: int | None = None,
-        normalize: bool = True,
+        log_mean_exp: bool = False,
+        **engine: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(temperature, weight, aggregation, lse, impl, block_size, normalize)
+        super().__init__(
+            temperature=temperature,
+            weight=weight,
+            aggregation=aggregation,
+            log_mean_exp=log_mean_exp,
+            **engine,
+        )
         self.include_augs = bool(include_augs)
 
     def entropy_members(self, rows: PairStructure) -> Tensor | None:

@@ -5,34 +5,33 @@ For anchor i with positives P(i) (its other views) and all other rows A(i):
     ℓ_i = −(1/|P(i)|) Σ_{p∈P(i)} s_ip/τ  +  log Σ_{a∈A(i)} exp(s_ia/τ)
           └──────── positive term ─────┘     └────── entropy term ──────┘
 
-    pos = agg_i[ −mean_p s_ip/τ ]     ent = agg_i[ LSE_{A(i)}(s/τ) − (log|A(i)| if lse='mean') ]
+    pos = agg_i[ −mean_p s_ip/τ ]   ent = agg_i[ LSE_{A(i)}(s/τ) − (log|A(i)| if log_mean_exp) ]
     total = pos + weight · ent
 
-The defaults (weight=1, aggregation='mean_per_term', lse='sum') give NT-Xent exactly. The
-log-mean-exp (``lse='mean'``) shifts the value by log|A(i)| only: same gradients, values
-comparable across batch sizes. ``weight`` decouples the balance from the temperature.
+The defaults (weight=1, aggregation='mean_per_term', log_mean_exp=False) give NT-Xent
+exactly. The log-mean-exp (``log_mean_exp=True``) shifts the value by log|A(i)| only: same
+gradients, values comparable across batch sizes. ``weight`` decouples the balance from the
+temperature.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Unpack
 
 from torch import Tensor
 
 from raycl.losses.aggregation import Aggregation, TermSum
 from raycl.losses.base import (
     ContrastiveLoss,
-    Impl,
+    EngineOptions,
     anchor_term,
-    check_choice,
+    check_bool,
     check_number,
-    log_mean_exp,
+    entropy_value,
     positive_counts,
 )
 from raycl.losses.reductions import Affine, RowReduction, RowStat
 from raycl.losses.structure import ColumnSet, PairStructure
-
-LSE_MODES = ("sum", "mean")
 
 
 class InfoNCELoss(ContrastiveLoss):
@@ -47,20 +46,12 @@ class InfoNCELoss(ContrastiveLoss):
         temperature: float = 0.1,
         weight: float = 1.0,
         aggregation: Aggregation = "mean_per_term",
-        lse: str = "sum",
-        impl: Impl = "auto",
-        block_size: int | None = None,
-        normalize: bool = True,
+        log_mean_exp: bool = False,
+        **engine: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(
-            weight=weight,
-            aggregation=aggregation,
-            impl=impl,
-            block_size=block_size,
-            normalize=normalize,
-        )
+        super().__init__(weight=weight, aggregation=aggregation, **engine)
         self.temperature = check_number("temperature", temperature, minimum=0.0, strict=True)
-        self.lse = check_choice("lse", lse, LSE_MODES)
+        self.log_mean_exp = check_bool("log_mean_exp", log_mean_exp)
 
     @property
     def scaled(self) -> Affine:
@@ -77,7 +68,7 @@ class InfoNCELoss(ContrastiveLoss):
         self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
     ) -> tuple[TermSum, TermSum]:
         positives, entropy = stats
-        ent = log_mean_exp(entropy.value, rows, cols, self.entropy_columns, self.lse)
+        ent = entropy_value(entropy.value, rows, cols, self.entropy_columns, self.log_mean_exp)
         return self.positive_term(positives, rows, cols), anchor_term(
             ent, self.entropy_members(rows)
         )
@@ -91,4 +82,8 @@ class InfoNCELoss(ContrastiveLoss):
         return None
 
     def hparams(self) -> dict[str, object]:
-        return {"temperature": self.temperature, "lse": self.lse, **super().hparams()}
+        return {
+            "temperature": self.temperature,
+            "log_mean_exp": self.log_mean_exp,
+            **super().hparams(),
+        }

@@ -17,12 +17,19 @@ the expected loss does not depend on the batch size.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Unpack
 
 import torch
 from torch import Tensor
 
 from raycl.losses.aggregation import Aggregation, TermSum
-from raycl.losses.base import ContrastiveLoss, Impl, check_choice, check_number, pair_term
+from raycl.losses.base import (
+    ContrastiveLoss,
+    EngineOptions,
+    check_choice,
+    check_number,
+    pair_term,
+)
 from raycl.losses.reductions import Affine, RowReduction, RowStat
 from raycl.losses.structure import PairStructure, column_counts
 
@@ -81,17 +88,9 @@ class KCLLoss(ContrastiveLoss):
         kernel: str = "gaussian",
         weight: float = 16.0,
         aggregation: Aggregation = "mean_per_term",
-        impl: Impl = "auto",
-        block_size: int | None = None,
-        normalize: bool = True,
+        **engine: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(
-            weight=weight,
-            aggregation=aggregation,
-            impl=impl,
-            block_size=block_size,
-            normalize=normalize,
-        )
+        super().__init__(weight=weight, aggregation=aggregation, **engine)
         self.kernel = check_choice("kernel", kernel, list(KERNELS))
         self.t = check_number("t", t)
         if kernel in ("gaussian", "log", "imq") and self.t <= 0:

@@ -11,8 +11,10 @@ neg_margin=0, each term averaged over its non-zero elements).
 
 from __future__ import annotations
 
+from typing import Unpack
+
 from raycl.losses.aggregation import AGGREGATIONS, Aggregation, TermSum
-from raycl.losses.base import ContrastiveLoss, Impl, check_number, pair_term
+from raycl.losses.base import ContrastiveLoss, EngineOptions, check_number, pair_term
 from raycl.losses.reductions import Hinge, RowReduction, RowStat
 from raycl.losses.structure import PairStructure, column_counts
 
@@ -29,17 +31,9 @@ class MarginLoss(ContrastiveLoss):
         neg_margin: float = 0.0,
         weight: float = 1.0,
         aggregation: Aggregation = "mean_nonzero",
-        impl: Impl = "auto",
-        block_size: int | None = None,
-        normalize: bool = True,
+        **engine: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(
-            weight=weight,
-            aggregation=aggregation,
-            impl=impl,
-            block_size=block_size,
-            normalize=normalize,
-        )
+        super().__init__(weight=weight, aggregation=aggregation, **engine)
         self.pos_margin = check_number("pos_margin", pos_margin)
         self.neg_margin = check_number("neg_margin", neg_margin)
 

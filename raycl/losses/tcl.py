@@ -4,7 +4,7 @@
     D_i = Σ_{p∈P(i)} exp(s_ip/τ) + k1 · Σ_{p∈P(i)} exp(−s_ip) + k2 · Σ_{n∈Neg(i)} exp(s_in/τ)
 
 (no τ in the k1 term, as in the code). Split as pos = agg_i[−mean_p s_ip/τ] and
-ent = agg_i[log D_i − (log|A(i)| if lse='mean')]; total = pos + weight · ent.
+ent = agg_i[log D_i − (log|A(i)| if log_mean_exp)]; total = pos + weight · ent.
 k1 strengthens the pull on hard positives, k2 the push from negatives; k1=0, k2=1 is SupCon.
 Positives come from labels (supervised) or, without labels, from the other views.
 """
@@ -12,12 +12,13 @@ Positives come from labels (supervised) or, without labels, from the other views
 from __future__ import annotations
 
 import math
+from typing import Unpack
 
 import torch
 from torch import Tensor
 
 from raycl.losses.aggregation import Aggregation, TermSum
-from raycl.losses.base import Impl, anchor_term, check_number, log_mean_exp
+from raycl.losses.base import EngineOptions, anchor_term, check_number, entropy_value
 from raycl.losses.infonce import InfoNCELoss
 from raycl.losses.reductions import RowReduction, RowStat
 from raycl.losses.structure import PairStructure
@@ -36,12 +37,16 @@ class TCLLoss(InfoNCELoss):
         k2: float = 1.0,
         weight: float = 1.0,
         aggregation: Aggregation = "mean_per_term",
-        lse: str = "sum",
-        impl: Impl = "auto",
-        block_size: int | None = None,
-        normalize: bool = True,
+        log_mean_exp: bool = False,
+        **engine: Unpack[EngineOptions],
     ) -> None:
-        super().__init__(temperature, weight, aggregation, lse, impl, block_size, normalize)
+        super().__init__(
+            temperature=temperature,
+            weight=weight,
+            aggregation=aggregation,
+            log_mean_exp=log_mean_exp,
+            **engine,
+        )
         self.k1 = check_number("k1", k1, minimum=0.0)
         self.k2 = check_number("k2", k2, minimum=0.0)
 
@@ -63,7 +68,7 @@ class TCLLoss(InfoNCELoss):
         positives, positive_mass, negative_mass = stats
         log_k2 = math.log(self.k2) if self.k2 > 0 else float("-inf")
         log_d = torch.logaddexp(positive_mass.value, log_k2 + negative_mass.value)
-        ent = log_mean_exp(log_d, rows, cols, "others", self.lse)
+        ent = entropy_value(log_d, rows, cols, "others", self.log_mean_exp)
         return self.positive_term(positives, rows, cols), anchor_term(ent)
 
     def hparams(self) -> dict[str, object]:

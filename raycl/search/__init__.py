@@ -1,4 +1,6 @@
-"""Balance search: the search space and the coordinate-descent Ray Tune searcher (spec §2.4)."""
+"""Balance search on Ray Tune: the search space, the coordinate-descent searcher, the
+registry of search methods (:mod:`raycl.search.methods`), the Tune experiment
+(:mod:`raycl.search.tuner`) and reading results back (:mod:`raycl.search.analysis`)."""
 
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
 from raycl.search.space import SCALES, Coordinate, SearchSpace, as_search_space

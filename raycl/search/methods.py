@@ -19,7 +19,7 @@ integer per coordinate, the index into that coordinate's lattice — ordered, so
 models treat neighbours as neighbours (``tune.choice`` would make them unordered
 categoricals) — and starts with ``2·d + 1`` random points (``d`` coordinates), as Optuna's
 authors advise for TPE, instead of its default 10. A new method is one function here and one
-``conf/search/<name>.yaml``.
+``raycl/conf/search/<name>.yaml``.
 """
 
 from __future__ import annotations

@@ -1,20 +1,22 @@
-"""Search space for the coordinate-descent balance search (spec §2.4).
+"""The search space of the balance search: coordinates on lattices.
 
 A ``SearchSpace`` is an ordered list of ``Coordinate`` s, each a dotted config key
 (``"loss.temperature"``) with a scale, bounds and step sizes. It is usually built from a plain
-mapping, as it comes from the Hydra config group ``search/``::
+mapping, as it comes from a ``space/<loss>.yaml`` config group (flattened by
+:func:`space_config`)::
 
     loss.temperature: {scale: log2, lower: 0.015625, upper: 1.0, start: 0.125, step: 1.0,
                        min_step: 0.5}
-    train.batch_size: {scale: pow2, lower: 32, upper: 1024, start: 256}
-    loss.margin_neg:  {scale: linear, lower: -0.2, upper: 0.8, start: 0.2, step: 0.1}
-    loss.kind:        {scale: categorical, values: [ntxent, dhel], start: ntxent}
+    data.batch_size_per_worker: {scale: pow2, lower: 32, upper: 512, start: 128}
+    loss.neg_margin: {scale: linear, lower: -0.2, upper: 0.8, start: 0.0, step: 0.2}
+    loss.kernel: {scale: categorical, values: [gaussian, log], start: gaussian}
 
 Each scale moves in its own *unit*: the exponent for ``log2`` (step 1.0 means ×2) and ``pow2``
 (integer exponent steps), the value for ``linear``, the index for ``categorical``. Values are
 snapped to a lattice anchored at ``start`` (``min_step / 1024`` wide on continuous scales, one
 unit on integer ones), so floating error never turns one grid point into two configs; points
-within half a lattice cell of a bound are the bound itself.
+within half a lattice cell of a bound are the bound itself. :meth:`SearchSpace.lattice` lists
+every point coordinate descent can reach (steps of ``min_step``): the grid every method samples.
 """
 
 from __future__ import annotations
@@ -323,31 +325,29 @@ class SearchSpace:
 
 def space_config(cfg: Any) -> dict[str, dict[str, Any]]:
     """A ``tune`` config's ``space`` section flattened to ``{dotted config key: fields}``."""
-    from omegaconf import OmegaConf
-
     flat: dict[str, dict[str, Any]] = {}
 
-    def walk(node: dict[str, Any], prefix: str) -> None:
+    def walk(node: Mapping[str, Any], prefix: str) -> None:
         for key, value in node.items():
             name = f"{prefix}{key}"
-            if isinstance(value, dict) and "scale" not in value:
+            if isinstance(value, Mapping) and "scale" not in value:
                 walk(value, name + ".")
             else:
-                flat[name] = value
+                flat[name] = dict(value)
 
-    walk(OmegaConf.to_container(cfg.space, resolve=True), "")
+    walk(cfg.space, "")
     return flat
 
 
 def space_from_config(cfg: Any) -> SearchSpace:
     """The ``SearchSpace`` of a ``tune`` config; one-line ``ValueError`` naming ``space``."""
-    from omegaconf import OmegaConf
+    from raycl.config import has_key
 
     coordinates = space_config(cfg)
     if not coordinates:
         raise ValueError("space: the search space is empty")
     for name in coordinates:
-        if OmegaConf.select(cfg, name, default="__missing__") == "__missing__":
+        if not has_key(cfg, name):
             raise ValueError(f"space: {name!r} is not a config key")
     try:
         return SearchSpace.from_dict(coordinates)

@@ -11,28 +11,33 @@ over all trials, so methods compare at equal compute.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
 from ray.tune.stopper import Stopper
 
-from raycl.config import ConfigError, load_config, to_dict, validate
+from raycl.config import ConfigError, TrainConfig, TuneRunConfig, load_config, with_overrides
+from raycl.runner import connect_ray, storage_path, trainer_for
 from raycl.search.methods import SEARCH_MARKER, build_search, check_search
+from raycl.search.progress import SearchProgress
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
 from raycl.search.space import space_from_config
-from raycl.train import connect_ray, run_training, storage_path, trainer_for
+from raycl.tracking import tune_callbacks
+from raycl.train import run_training
 
 SEARCHER_PATH_FILE = "cd_path.json"
 
 
-def load_tune_config(overrides: list[str] | None = None) -> DictConfig:
-    """The ``tune`` config (``conf/tune.yaml`` + overrides), its ``search`` and ``space``
+def load_tune_config(
+    overrides: list[str] | None = None, config_dirs: list[str] | None = None
+) -> TuneRunConfig:
+    """The ``tune`` config (``raycl/conf/tune.yaml`` + overrides), its ``search`` and ``space``
     sections checked: one-line :class:`~raycl.config.ConfigError` naming the key."""
-    cfg = load_config(overrides, config_name="tune")
+    cfg = load_config(overrides, config_name="tune", config_dirs=config_dirs)
     try:
         check_search(cfg.search)
         space_from_config(cfg)
@@ -52,30 +57,32 @@ class SearchOutcome:
     searcher_path: list[dict[str, Any]] | None
 
 
-def trial_config(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The training config of one trial: ``base`` with the trial's dotted-key overrides."""
-    cfg = OmegaConf.create(base)
-    for key, value in overrides.items():
-        OmegaConf.update(cfg, key, value, force_add=False)
-    validate(cfg)
-    return to_dict(cfg)
+def training_config(cfg: TuneRunConfig) -> TrainConfig:
+    """The training part of a ``tune`` config (what every trial starts from)."""
+    return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
 
 
-def run_trial(overrides: dict[str, Any], base: dict[str, Any]) -> None:
+def trial_config(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The training config of one trial: ``base`` with the trial's dotted-key settings."""
+    return with_overrides(base, {k: v for k, v in overrides.items() if k != SEARCH_MARKER})
+
+
+def run_trial(overrides: dict[str, Any], base: TrainConfig) -> None:
     """A Tune function trainable: one training run reporting every epoch."""
     from raycl.session import TuneSession
 
     config = trial_config(base, overrides)
-    if config["cluster"]["num_workers"] == 0:
-        run_training(config, TuneSession(use_gpu=config["cluster"]["use_gpu"]))
+    if config.cluster.num_workers == 0:
+        run_training(config, TuneSession(use_gpu=config.cluster.use_gpu))
         return
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_dir = Path(ray.tune.get_context().get_trial_dir())
-    cfg = OmegaConf.create(config)
-    cfg.storage_path, cfg.name = str(trial_dir.parent), f"{trial_dir.name}-train"
-    trainer_for(cfg, callbacks=[TuneReportCallback()]).fit()
+    config = dataclasses.replace(
+        config, storage_path=str(trial_dir.parent), name=f"{trial_dir.name}-train"
+    )
+    trainer_for(config, callbacks=[TuneReportCallback()]).fit()
 
 
 class EpochBudget(Stopper):
@@ -92,7 +99,7 @@ class EpochBudget(Stopper):
         return self.used >= self.budget
 
 
-def make_trainable(cfg: DictConfig):
+def make_trainable(cfg: TuneRunConfig):
     """The Tune trainable: :func:`run_trial` bound to the training part of ``cfg``.
 
     Local trials reserve ``search.cpus_per_trial`` (and a GPU with ``cluster.use_gpu``); a
@@ -100,9 +107,7 @@ def make_trainable(cfg: DictConfig):
     """
     from ray import tune
 
-    base = to_dict(cfg)
-    for name in ("search", "space"):
-        base.pop(name)
+    base = training_config(cfg)
     local = cfg.cluster.num_workers == 0
     resources = {
         "CPU": cfg.search.cpus_per_trial if local else 0,
@@ -111,7 +116,7 @@ def make_trainable(cfg: DictConfig):
     return tune.with_resources(tune.with_parameters(run_trial, base=base), resources)
 
 
-def build_tuner(cfg: DictConfig):
+def build_tuner(cfg: TuneRunConfig):
     """The ``ray.tune.Tuner`` (and the CD searcher, if any) for a ``tune`` config."""
     from ray import tune
 
@@ -127,15 +132,18 @@ def build_tuner(cfg: DictConfig):
             scheduler=plan.scheduler,
             num_samples=search.budget_trials or -1,
             max_concurrent_trials=search.max_concurrent_trials,
-            # A trial's actor trains the next trial too: no process start-up per trial.
-            reuse_actors=True,
+            reuse_actors=search.reuse_actors,
         ),
         run_config=tune.RunConfig(
             name=cfg.name,
             storage_path=storage_path(cfg),
             stop=EpochBudget(search.budget_epochs) if search.budget_epochs else None,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=cfg.checkpoints_to_keep),
-            verbose=1,
+            callbacks=[
+                SearchProgress(search.metric, search.budget_trials, search.budget_epochs),
+                *tune_callbacks(cfg),
+            ],
+            verbose=1 if cfg.verbose else 0,
         ),
     )
     cd = plan.searcher if isinstance(plan.searcher, CoordinateDescentSearcher) else None
@@ -184,13 +192,13 @@ def best_point(
     return dict(key), {**means, "trials": len(chosen)}
 
 
-def run_search(cfg: DictConfig) -> SearchOutcome:
+def run_search(cfg: TuneRunConfig) -> SearchOutcome:
     """Run (or, with ``search.resume=true``, resume) the search and return its outcome."""
     import json
 
     from ray import tune
 
-    connect_ray(cfg)
+    connect_ray(cfg.cluster.address, verbose=cfg.verbose)
     experiment = f"{storage_path(cfg)}/{cfg.name}"
     if cfg.search.resume:
         if not tune.Tuner.can_restore(experiment):
