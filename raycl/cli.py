@@ -9,6 +9,7 @@
     raycl bench train [OPTIONS]           training throughput, 1 vs 2 workers
     raycl bench search [OPTIONS]          CD vs random vs ASHA balance search, same budget
     raycl bench landscape [OPTIONS]       every lattice point of a search space, with seeds
+    raycl bench trials [OPTIONS]          a Tune trial's overhead, with and without actor reuse
     raycl bench gpu [OPTIONS]             the GPU path on one device (benchmarks/gpu/run.sh)
     raycl bench memory [OPTIONS]          step memory and time vs batch, one pass vs chunks
 
@@ -130,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     from raycl.bench import memory as bench_memory
     from raycl.bench import search as bench_search
     from raycl.bench import train as bench_train
+    from raycl.bench import trials as bench_trials
     from raycl.submit import DEFAULT_ADDRESS
 
     parser = argparse.ArgumentParser(
@@ -189,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_bench = benches.add_parser("train", help="training throughput for 1, 2, … workers")
     bench_train.add_arguments(train_bench)
     train_bench.set_defaults(run=bench_train.main)
+    trials = benches.add_parser("trials", help="a Tune trial's overhead beyond its training")
+    bench_trials.add_arguments(trials)
+    trials.set_defaults(run=bench_trials.main)
     landscape = benches.add_parser(
         "landscape", help="train every lattice point of a search space (a tabular benchmark)"
     )

@@ -33,7 +33,6 @@ __all__ = [
     "warmup_cosine",
 ]
 
-OPTIMIZERS = ("sgd", "adamw", "lars")
 LR_SCALING_RULES = ("linear", "sqrt", "none")
 
 
@@ -146,6 +145,20 @@ def scaled_learning_rate(
     return float(base_lr)
 
 
+# Optimiser factories by name: (parameter groups, lr, momentum, betas, trust coefficient).
+OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
+    "sgd": lambda groups, lr, momentum, betas, trust: torch.optim.SGD(
+        groups, lr=lr, momentum=momentum
+    ),
+    "adamw": lambda groups, lr, momentum, betas, trust: torch.optim.AdamW(
+        groups, lr=lr, betas=betas
+    ),
+    "lars": lambda groups, lr, momentum, betas, trust: LARS(
+        groups, lr=lr, momentum=momentum, trust_coefficient=trust
+    ),
+}
+
+
 def _split_decay(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
     """Trainable parameters split into (weights: ndim >= 2, biases and norm params: ndim <= 1)."""
     decay, no_decay = [], []
@@ -187,11 +200,7 @@ def build_optimizer(
             {"params": no_decay, "weight_decay": 0.0},
         ]
     groups = [g for g in groups if g["params"]]
-    if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum)
-    if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=betas)
-    return LARS(groups, lr=lr, momentum=momentum, trust_coefficient=trust_coefficient)
+    return OPTIMIZERS[name](groups, lr, momentum, betas, trust_coefficient)
 
 
 class WarmupCosine:

@@ -90,7 +90,9 @@ def experiments(tmp_path_factory):
                     f"storage_path={storage}",
                     "name=broken",
                     "~space.loss",
-                    "space.data.batch_size_per_worker={scale:categorical,values:[128,4096],start:128}",
+                    "~space.data",
+                    "+space.data.batch_size_per_worker="
+                    "{scale:categorical,values:[128,4096],start:128}",
                 ]
             )
         )

@@ -7,9 +7,12 @@ import pytest
 import torch
 from torch import nn
 
+from raycl.config import OptimConfig
 from raycl.optim import (
     LARS,
+    OPTIMIZERS,
     WarmupCosine,
+    build_optimization,
     build_optimizer,
     scaled_learning_rate,
     warmup_cosine,
@@ -216,7 +219,7 @@ def test_scaled_learning_rate_errors():
 # ------------------------------------------------------------------------ build_optimizer
 
 
-@pytest.mark.parametrize("name", ["sgd", "adamw", "lars"])
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
 def test_build_optimizer_parameter_groups(name):
     model = _small_net()
     model[0].bias.requires_grad_(False)  # frozen parameters are left out
@@ -343,3 +346,34 @@ def test_warmup_cosine_pickles():
 def test_warmup_cosine_errors(args, match):
     with pytest.raises(ValueError, match=match):
         warmup_cosine(_sgd(), *args)
+
+
+# ------------------------------------------------------------------- the optim section
+
+
+def test_build_optimization_scales_the_lr_and_schedules_every_step():
+    optimizer, schedule = build_optimization(
+        _small_net(), OptimConfig(name="sgd", lr=0.1, warmup_epochs=1), 1024, 5, 3
+    )
+    assert isinstance(optimizer, torch.optim.SGD)
+    assert optimizer.param_groups[0]["initial_lr"] == pytest.approx(0.1 * 1024 / 256)
+    assert schedule.get_last_lr()[0] == pytest.approx(0.4 / 5)  # first warm-up step of 5
+    lars, _ = build_optimization(
+        _small_net(), OptimConfig(name="lars", lr=1.2, lr_scaling="sqrt"), 4096, 2, 2
+    )
+    assert lars.param_groups[0]["initial_lr"] == pytest.approx(1.2 * 4)
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"name": "adam"}, r"optim.name must be one of \['sgd', 'adamw', 'lars'\]"),
+        ({"lr": 0.0}, "optim.lr must be > 0"),
+        ({"lr_scaling": "cubic"}, "optim.lr_scaling must be one of"),
+        ({"final_lr_fraction": 2.0}, r"optim.final_lr_fraction must be in \[0, 1\]"),
+        ({"warmup_epochs": 9}, r"optim.warmup_epochs \(9\) must not exceed epochs \(3\)"),
+    ],
+)
+def test_bad_optim_sections_are_one_line(settings, match):
+    with pytest.raises(ValueError, match=match):
+        build_optimization(_small_net(), OptimConfig(**settings), 256, 4, 3)

@@ -33,7 +33,7 @@ from raycl.bench.measure import (
 from raycl.losses import LOSSES, build_loss
 from raycl.losses.tiled import default_block_size, tile_grid
 
-FAMILIES = ("infonce", "supcon", "tcl", "dhel", "kcl", "margin")
+FAMILIES = tuple(LOSSES)
 # The materialised engine holds about this many float32 M×M matrices at its peak.
 MATERIALISED_MATRICES = 4
 

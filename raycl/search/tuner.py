@@ -116,8 +116,9 @@ def make_trainable(cfg: TuneRunConfig):
     return tune.with_resources(tune.with_parameters(run_trial, base=base), resources)
 
 
-def build_tuner(cfg: TuneRunConfig):
-    """The ``ray.tune.Tuner`` (and the CD searcher, if any) for a ``tune`` config."""
+def build_tuner(cfg: TuneRunConfig, callbacks: list | None = None):
+    """The ``ray.tune.Tuner`` (and the CD searcher, if any) for a ``tune`` config, with extra
+    Tune ``callbacks``."""
     from ray import tune
 
     search = cfg.search
@@ -142,6 +143,7 @@ def build_tuner(cfg: TuneRunConfig):
             callbacks=[
                 SearchProgress(search.metric, search.budget_trials, search.budget_epochs),
                 *tune_callbacks(cfg),
+                *(callbacks or []),
             ],
             verbose=1 if cfg.verbose else 0,
         ),
@@ -192,8 +194,9 @@ def best_point(
     return dict(key), {**means, "trials": len(chosen)}
 
 
-def run_search(cfg: TuneRunConfig) -> SearchOutcome:
-    """Run (or, with ``search.resume=true``, resume) the search and return its outcome."""
+def run_search(cfg: TuneRunConfig, callbacks: list | None = None) -> SearchOutcome:
+    """Run (or, with ``search.resume=true``, resume) the search and return its outcome;
+    ``callbacks``: extra Ray Tune callbacks (a resumed search keeps its own)."""
     import json
 
     from ray import tune
@@ -209,7 +212,7 @@ def run_search(cfg: TuneRunConfig) -> SearchOutcome:
             None,
         )
     else:
-        tuner, searcher = build_tuner(cfg)
+        tuner, searcher = build_tuner(cfg, callbacks)
     results = tuner.fit()
     best_config, best_metrics = best_point(results, cfg.search.metric, cfg.search.mode, cfg.epochs)
     moves = searcher.path if searcher is not None else None
