@@ -212,19 +212,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of the ``raycl`` console script: bad input is one line, exit code 2."""
+    """Entry point of the ``raycl`` console script: what raycl can explain is one line —
+    ``raycl: error: …`` (exit code 2), ``raycl: training diverged: …`` (1) — never a traceback."""
+    from raycl.errors import RayclError, TrainingDiverged
     from raycl.submit import SubmitError
-    from raycl.train import TrainingDiverged
 
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
+    except TrainingDiverged as err:
+        print(f"raycl: training diverged: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
+    except RayclError as err:
+        print(f"raycl: error: {err}", file=sys.stderr)
+        raise SystemExit(err.exit_code) from None
     except (ValueError, FileNotFoundError, SubmitError) as err:
         print(f"raycl: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    except TrainingDiverged as err:
-        print(f"raycl: training diverged: {err}", file=sys.stderr)
-        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from raycl.errors import ConfigError
+
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("loss", "data", "model", "optim", "cluster", "tracking", "search", "space")
 
@@ -34,6 +36,7 @@ class DataConfig:
     loader_workers: int = 0
     supervised: bool = False  # give labels to the loss (positives = same class)
     ingest: str = "loader"  # loader (a DataLoader in each worker) | ray_data (Parquet only)
+    on_bad_item: str = "error"  # error (one line naming the item) | skip (counted: bad_items)
     # Generated data sets (mnist1d, synthetic): training and test items (None: the data
     # set's default); synthetic also needs the item shape (C, H, W) and class count.
     num_items: int | None = None
@@ -120,6 +123,7 @@ class TrainConfig:
     checkpoint_metric: str = "knn_top1"  # a reported metric that ranks checkpoints ...
     checkpoint_mode: str = "max"  # ... max (higher is better) | min (e.g. loss)
     max_steps_per_epoch: int | None = None
+    fresh: bool = False  # a run of this name exists: move it aside and start anew
     verbose: bool = False  # show Ray's own per-report and per-checkpoint log lines
     # Chaos testing: SIGKILL the last worker once at the start of this epoch.
     fault_injection_epoch: int | None = None
@@ -148,10 +152,6 @@ class TuneRunConfig(TrainConfig):
     search: SearchConfig = field(default_factory=SearchConfig)
     # nested like the config: space.loss.temperature = {scale, lower, upper, start, step, ...}
     space: dict[str, Any] = field(default_factory=dict)
-
-
-class ConfigError(ValueError):
-    """A bad configuration or override (one line, naming the key)."""
 
 
 def _register_schema() -> None:
@@ -262,6 +262,16 @@ def validate(cfg: TrainConfig) -> None:
         ("cluster.max_failures", cfg.cluster.max_failures >= -1, "must be >= -1"),
         ("cluster.precision", cfg.cluster.precision in ("fp32", "bf16"), "must be fp32 or bf16"),
         ("eval.knn_k", cfg.eval.knn_k >= 1, "must be >= 1"),
+        (
+            "optim.warmup_epochs",
+            cfg.optim.warmup_epochs <= cfg.epochs,
+            f"must not exceed epochs ({cfg.epochs})",
+        ),
+        (
+            "train.chunk_size",
+            (cfg.train.chunk_size or 0) <= cfg.data.batch_size_per_worker,
+            f"must not exceed data.batch_size_per_worker ({cfg.data.batch_size_per_worker})",
+        ),
         (
             "train.chunk_size",
             cfg.train.chunk_size is None or cfg.train.chunk_size >= 1,

@@ -1,25 +1,46 @@
 """The Ray driver: joins or starts a cluster and runs training on Ray Train.
 
-:func:`train` builds a ``TorchTrainer`` over :func:`raycl.train.train_loop_per_worker` from the
-typed config, shows one progress bar with ETA and one line per epoch (fed from the Train
-controller through a Ray queue), and writes ``metrics.parquet``/``.csv`` into the run
-directory. Rerunning with the same ``storage_path`` and ``name`` resumes from the latest
-checkpoint; with ``cluster.max_failures`` a killed worker is replaced and training continues
-from it. :func:`connect_ray` is the one place a driver (train, tune, the benches) starts Ray.
+:func:`train` checks what can be checked before Ray starts (:func:`preflight`: the data set
+opens and holds a global batch; a rerun's config matches the run it resumes), builds a
+``TorchTrainer`` over :func:`raycl.train.train_loop_per_worker` from the typed config, shows
+one progress bar with ETA and one line per epoch (fed from the Train controller through a Ray
+queue), and writes ``metrics.parquet``/``.csv`` into the run directory. Rerunning with the same
+``storage_path`` and ``name`` resumes from the latest good checkpoint; with
+``cluster.max_failures`` a killed worker is replaced and training continues from it. An error
+from a worker reaches the user as one line (:mod:`raycl.errors`), its traceback in the run's
+``raycl-error.log``. :func:`connect_ray` is the one place a driver (train, tune, the benches)
+starts Ray.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raycl.config import TrainConfig
-from raycl.train import HISTORY_FILE, TrainingDiverged, train_loop_per_worker
+from raycl.config import TrainConfig, to_yaml
+from raycl.errors import (
+    ConfigError,
+    DataError,
+    RayclError,
+    TrainingFailed,
+    find_raycl_error,
+    first_line,
+    root_cause,
+    write_traceback,
+)
+from raycl.train import HISTORY_FILE, train_loop_per_worker
+
+RUN_CONFIG_FILE = "raycl-config.yaml"
+ERROR_LOG = "raycl-error.log"
+# Keys a resumed run may change: they change how and where it runs, not what it trains.
+RESUMABLE = ("epochs", "cluster.", "eval.", "tracking.", "verbose", "storage_path", "fresh")
+RESUMABLE += ("checkpoints_to_keep", "fault_injection_epoch", "data.loader_workers")
 
 
 @dataclass
@@ -165,22 +186,79 @@ def _fit_with_progress(cfg: TrainConfig, trainer_callbacks: list):
     return outcome["result"]
 
 
+def run_directory(cfg: TrainConfig) -> str:
+    """Where the run lives: ``storage_path/name`` (a local path or a URI)."""
+    return f"{storage_path(cfg)}/{cfg.name}"
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """What can fail before Ray starts, as one line each: the data set must open and hold
+    at least one global batch; a rerun must keep the config of the run it resumes."""
+    from raycl.data import build_datasets
+
+    try:
+        bundle = build_datasets(cfg.data, cfg.seed)
+    except RayclError:
+        raise
+    except (OSError, KeyError, ValueError) as err:  # missing files, unreadable Parquet, ...
+        raise DataError(f"data ({cfg.data.name}): {first_line(err)}") from None
+    workers = max(1, cfg.cluster.num_workers)
+    needed = workers * cfg.data.batch_size_per_worker
+    size = len(bundle.train_contrastive)
+    if size < needed:
+        raise DataError(
+            f"data.batch_size_per_worker={cfg.data.batch_size_per_worker} × {workers} "
+            f"worker(s) = {needed} items exceeds the training set of {cfg.data.name!r} "
+            f"({size} items)"
+        )
+    check_resume(cfg)
+
+
+def check_resume(cfg: TrainConfig) -> None:
+    """The run directory records the config of its first start; a rerun under the same name
+    must match it except for :data:`RESUMABLE` keys (a one-line error naming the keys that
+    differ), unless ``fresh=true``, which moves the old run aside and starts anew."""
+    import yaml
+
+    recorded = _read_text(f"{run_directory(cfg)}/{RUN_CONFIG_FILE}")
+    if recorded is None:
+        return
+    if cfg.fresh:
+        _move_aside(run_directory(cfg))
+        return
+    before, now = _flatten(yaml.safe_load(recorded)), _flatten(yaml.safe_load(to_yaml(cfg)))
+    changed = sorted(
+        key
+        for key in before.keys() | now.keys()
+        if before.get(key) != now.get(key) and not key.startswith(RESUMABLE)
+    )
+    if changed:
+        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:4])
+        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+        raise ConfigError(
+            f"run {cfg.name!r} exists with another config: {shown}{more}; resume it with the "
+            "same config, pick another name, or pass fresh=true to start it anew"
+        )
+
+
+def record_config(cfg: TrainConfig) -> None:
+    """Write the config into the run directory (once: the run's identity for resuming)."""
+    path = f"{run_directory(cfg)}/{RUN_CONFIG_FILE}"
+    if _read_text(path) is None:
+        _write_text(path, to_yaml(cfg))
+
+
 def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
     """Run (or resume) training on Ray Train; write ``metrics.parquet``/``.csv`` beside it."""
-    from ray.train import TrainingFailedError
-
     from raycl.tracking import train_callbacks
 
+    preflight(cfg)
     connect_ray(cfg.cluster.address, verbose=cfg.verbose)
+    record_config(cfg)
     try:
         result = _fit_with_progress(cfg, [*train_callbacks(cfg), *(callbacks or [])])
-    except TrainingFailedError as err:
-        diverged = re.search(r"loss became non-finite at epoch \d+, step \d+", str(err))
-        if diverged:
-            raise TrainingDiverged(
-                f"{diverged.group(0)}; the last good checkpoint is kept"
-            ) from None
-        raise
+    except Exception as err:
+        raise explained(err, run_directory(cfg)) from None
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint under {result.path}")
     with result.checkpoint.as_directory() as directory:
@@ -196,6 +274,18 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
     return outcome
 
 
+def explained(err: BaseException, run_dir: str) -> RayclError:
+    """The one-line error for a failure from Ray: raycl's own error found inside Ray's
+    wrappers, or the root cause's first line; the full traceback goes to the run's log."""
+    local = "://" not in run_dir
+    log = write_traceback(err, Path(run_dir if local else tempfile.gettempdir()) / ERROR_LOG)
+    found = find_raycl_error(err)
+    if found is not None:
+        kept = "; the last good checkpoint is kept" if found.exit_code == 1 else ""
+        return type(found)(f"{found}{kept} (traceback: {log})")
+    return TrainingFailed(f"training failed: {first_line(root_cause(err))} (traceback: {log})")
+
+
 def write_history(outcome: TrainOutcome) -> None:
     """Per-epoch metrics as ``metrics.parquet`` and ``metrics.csv`` in the run directory."""
     import pyarrow as pa
@@ -208,3 +298,50 @@ def write_history(outcome: TrainOutcome) -> None:
     table = pa.table({c: [row.get(c, math.nan) for row in outcome.history] for c in columns})
     pq.write_table(table, Path(outcome.path) / "metrics.parquet")
     pacsv.write_csv(table, Path(outcome.path) / "metrics.csv")
+
+
+def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
+    if not isinstance(node, dict):
+        return {prefix[:-1]: node}
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        flat.update(_flatten(value, f"{prefix}{key}."))
+    return flat
+
+
+def _filesystem(path: str):
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
+
+
+def _read_text(path: str) -> str | None:
+    filesystem, inner = _filesystem(path)
+    if filesystem is None:
+        return Path(inner).read_text() if Path(inner).is_file() else None
+    try:
+        with filesystem.open_input_stream(inner) as stream:
+            return stream.read().decode()
+    except FileNotFoundError:
+        return None
+
+
+def _write_text(path: str, text: str) -> None:
+    filesystem, inner = _filesystem(path)
+    if filesystem is None:
+        Path(inner).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(inner).with_name(Path(inner).name + ".tmp")
+        tmp.write_text(text)
+        tmp.replace(inner)
+        return
+    with filesystem.open_output_stream(inner) as stream:
+        stream.write(text.encode())
+
+
+def _move_aside(run_dir: str) -> None:
+    """Rename an old run directory to ``<name>.<timestamp>`` (nothing is deleted)."""
+    if "://" in run_dir:
+        raise ConfigError(f"fresh=true: cannot move {run_dir} aside; use another name")
+    aside = f"{run_dir}.{time.strftime('%Y%m%d-%H%M%S')}"
+    Path(run_dir).rename(aside)
+    print(f"fresh=true: the old run {run_dir} is now {aside}", flush=True)

@@ -28,6 +28,7 @@ import torch
 from raycl.config import TrainConfig
 from raycl.data import DatasetBundle, build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
+from raycl.errors import DataError, TrainingDiverged
 from raycl.evaluate import alignment_from_batch, evaluate_representation
 from raycl.gradcache import encode
 from raycl.losses import ContrastiveLoss, LossTerms, build_loss
@@ -37,10 +38,6 @@ from raycl.session import RayTrainSession, Session
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or inf; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -85,9 +82,10 @@ def run_training(config: TrainConfig, session: Session) -> None:
         _maybe_inject_fault(config, epoch, session.rank)
         if hasattr(run.loader, "sampler") and hasattr(run.loader.sampler, "set_epoch"):
             run.loader.sampler.set_epoch(epoch)
-        started = time.perf_counter()
+        started, bad_before = time.perf_counter(), run.bundle.train_contrastive.skipped
         means, balance = train_epoch(run, epoch)
         trained = time.perf_counter()
+        bad = all_reduce_sum(torch.tensor([run.bundle.train_contrastive.skipped - bad_before]))
         metrics = {
             "epoch": epoch,
             **means,
@@ -96,6 +94,7 @@ def run_training(config: TrainConfig, session: Session) -> None:
             "train_seconds": trained - started,
             "samples_per_s": run.steps * run.global_batch / (trained - started),
             **balance,
+            "bad_items": int(bad[0]),
             **evaluate(run, final=epoch == config.epochs - 1),
         }
         metrics["eval_seconds"] = time.perf_counter() - trained
@@ -114,7 +113,7 @@ def prepare(config: TrainConfig, session: Session) -> TrainingRun:
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
     if steps == 0:
-        raise ValueError(
+        raise DataError(
             f"data.batch_size_per_worker={data.batch_size_per_worker} × {session.world_size} "
             f"workers exceeds the training set ({len(bundle.train_contrastive)} items)"
         )

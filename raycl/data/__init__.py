@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets import CIFAR10, CIFAR100, STL10, VisionDataset
 
 from raycl.data.digits import DigitsDataset
+from raycl.data.guard import ON_BAD_ITEM, GuardedDataset
 from raycl.data.mnist1d import MNIST1DDataset, Mnist1dSpec, SignalAugment
 from raycl.data.parquet import ParquetImageDataset, read_ray_dataset, write_parquet_dataset
 from raycl.data.synthetic import SyntheticDataset, held_out_size
@@ -280,10 +281,13 @@ def build_datasets(data: DataConfig, seed: int = 0) -> DatasetBundle:
       for evaluation; two views by :class:`TensorJitter` (random shift + Gaussian noise).
 
     ``image_size`` overrides the crop size of the photo data sets (224 for folders/Parquet);
-    ``download`` is passed to torchvision's downloaders.
+    ``download`` is passed to torchvision's downloaders. Every split is a
+    :class:`~raycl.data.guard.GuardedDataset` (``data.on_bad_item``).
     """
     check_data(data)
-    return DATASETS[data.name](data, seed)
+    bundle = DATASETS[data.name](data, seed)
+    guarded = (GuardedDataset(d, data.on_bad_item) for d in bundle[:3])
+    return DatasetBundle(*guarded, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
 
 
 def training_loader(dataset: Dataset, data: DataConfig, seed: int) -> DataLoader:
@@ -317,6 +321,7 @@ def check_data(data: DataConfig) -> None:
         ("batch_size_per_worker", data.batch_size_per_worker >= 2, "must be >= 2"),
         ("loader_workers", data.loader_workers >= 0, "must be >= 0"),
         ("ingest", data.ingest in INGESTS, f"must be one of {list(INGESTS)}"),
+        ("on_bad_item", data.on_bad_item in ON_BAD_ITEM, f"must be one of {list(ON_BAD_ITEM)}"),
         (
             "ingest",
             data.ingest == "loader" or data.name == "parquet",

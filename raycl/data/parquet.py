@@ -23,6 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import to_pil_image
 
+from raycl.errors import DataError, first_line
+
 if TYPE_CHECKING:
     import ray.data
 
@@ -135,15 +137,33 @@ class ParquetImageDataset(Dataset):
         self.transform = transform
         self.targets: list[int] = []
         self._groups: list[tuple[Path, int]] = []
+        self._file_starts: dict[Path, int] = {}
         sizes: list[int] = []
         for file in self.files:
-            parquet = pq.ParquetFile(file)
-            self.targets.extend(parquet.read(columns=["label"]).column("label").to_pylist())
+            try:
+                parquet = pq.ParquetFile(file)
+                labels = parquet.read(columns=["label"]).column("label").to_pylist()
+            except (pa.ArrowException, OSError, KeyError) as err:
+                columns = _columns(file)
+                problem = (
+                    f"has no 'label' column (columns: {columns})"
+                    if columns is not None and "label" not in columns
+                    else f"is not a readable Parquet file ({first_line(err)})"
+                )
+                raise DataError(f"data: {file} {problem}") from None
+            self._file_starts[file] = len(self.targets)
+            self.targets.extend(labels)
             for group in range(parquet.num_row_groups):
                 self._groups.append((file, group))
                 sizes.append(parquet.metadata.row_group(group).num_rows)
         self._group_starts = np.cumsum([0, *sizes])[:-1]
         self.classes = sorted(set(self.targets))
+
+    def item_source(self, index: int) -> str:
+        """Where item ``index`` is stored: its file and row."""
+        group = int(np.searchsorted(self._group_starts, index, side="right")) - 1
+        file, _ = self._groups[group]
+        return f"{file} row {index - self._file_starts[file]}"
 
     def __len__(self) -> int:
         return len(self.targets)
@@ -157,6 +177,14 @@ class ParquetImageDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+def _columns(file: Path) -> list[str] | None:
+    """The column names in ``file``'s footer, or None when even the footer is unreadable."""
+    try:
+        return pq.read_schema(file).names
+    except (pa.ArrowException, OSError):
+        return None
 
 
 def read_ray_dataset(path: str | Path, **read_kwargs: Any) -> ray.data.Dataset:
