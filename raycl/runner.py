@@ -19,6 +19,8 @@ import math
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -137,9 +139,9 @@ def _epoch_reports(queue: Any):
     return EpochReports()
 
 
-def _fit_with_progress(cfg: TrainConfig, trainer_callbacks: list):
-    """``trainer.fit()`` in a thread, while this one draws the progress bar and epoch lines."""
-    from ray.util.queue import Empty, Queue
+@contextmanager
+def _epoch_progress(cfg: TrainConfig) -> Iterator[Callable[[dict[str, Any]], None]]:
+    """A progress bar with ETA over the run's epochs; yields what shows one epoch's report."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -148,6 +150,30 @@ def _fit_with_progress(cfg: TrainConfig, trainer_callbacks: list):
         TimeElapsedColumn,
         TimeRemainingColumn,
     )
+
+    columns = (
+        TextColumn(f"[bold]{cfg.name}[/bold]"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, transient=False) as progress:
+        task = progress.add_task("train", total=cfg.epochs)
+
+        def show(metrics: dict[str, Any]) -> None:
+            progress.console.print(epoch_line(metrics, cfg.epochs))
+            progress.update(task, completed=metrics["epoch"] + 1)
+
+        yield show
+
+
+def _fit_workers(cfg: TrainConfig, trainer_callbacks: list) -> tuple[str, str | None]:
+    """``trainer.fit()`` in a thread while this one shows the epochs the Train controller
+    queues; the run's path and its latest checkpoint's."""
+    from ray.util.queue import Empty, Queue
 
     reports = Queue()
     trainer = trainer_for(cfg, [*trainer_callbacks, _epoch_reports(reports)])
@@ -160,30 +186,40 @@ def _fit_with_progress(cfg: TrainConfig, trainer_callbacks: list):
             outcome["error"] = err
 
     worker = threading.Thread(target=fit, daemon=True)
-    columns = (
-        TextColumn(f"[bold]{cfg.name}[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epochs"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
-        task = progress.add_task("train", total=cfg.epochs)
+    with _epoch_progress(cfg) as show:
         worker.start()
         while worker.is_alive() or not reports.empty():
             try:
-                metrics = reports.get(timeout=0.5)
+                show(reports.get(timeout=0.5))
             except Empty:
                 continue
-            progress.console.print(epoch_line(metrics, cfg.epochs))
-            progress.update(task, completed=metrics["epoch"] + 1)
         worker.join()
     reports.shutdown()
     if "error" in outcome:
         raise outcome["error"]
-    return outcome["result"]
+    result = outcome["result"]
+    return result.path, None if result.checkpoint is None else result.checkpoint.path
+
+
+def _fit_in_process(cfg: TrainConfig) -> tuple[str, str | None]:
+    """``cluster.num_workers=0``: the loop in this process, no Ray; checkpoints are kept in
+    the run directory and a rerun resumes from them, as with workers."""
+    import torch
+
+    from raycl.session import LocalSession
+    from raycl.train import run_training
+
+    run_dir = run_directory(cfg)
+    if "://" in run_dir:
+        raise ConfigError(
+            "cluster.num_workers=0 trains in this process: storage_path must be a local path"
+        )
+    device = "cuda" if cfg.cluster.use_gpu and torch.cuda.is_available() else "cpu"
+    with _epoch_progress(cfg) as show:
+        session = LocalSession(device, run_dir=run_dir, on_report=show)
+        run_training(cfg, session)
+    latest = session.get_checkpoint()
+    return run_dir, None if latest is None else latest.path
 
 
 def run_directory(cfg: TrainConfig) -> str:
@@ -253,22 +289,28 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
     from raycl.tracking import train_callbacks
 
     preflight(cfg)
-    connect_ray(cfg.cluster.address, verbose=cfg.verbose)
+    in_process = cfg.cluster.num_workers == 0
+    if not in_process:
+        connect_ray(cfg.cluster.address, verbose=cfg.verbose)
     record_config(cfg)
     try:
-        result = _fit_with_progress(cfg, [*train_callbacks(cfg), *(callbacks or [])])
+        if in_process:
+            path, checkpoint = _fit_in_process(cfg)
+        else:
+            path, checkpoint = _fit_workers(cfg, [*train_callbacks(cfg), *(callbacks or [])])
+    except RayclError:
+        raise
     except Exception as err:
         raise explained(err, run_directory(cfg)) from None
-    if result.checkpoint is None:
-        raise RuntimeError(f"training produced no checkpoint under {result.path}")
-    with result.checkpoint.as_directory() as directory:
-        saved = json.loads((Path(directory) / HISTORY_FILE).read_text())
+    if checkpoint is None:
+        raise TrainingFailed(f"training produced no checkpoint under {path}")
+    saved = json.loads(_read_text(f"{checkpoint}/{HISTORY_FILE}"))
     outcome = TrainOutcome(
         metrics=saved["history"][-1],
         history=saved["history"],
         initial=saved["initial"],
-        path=result.path,
-        checkpoint_path=result.checkpoint.path,
+        path=path,
+        checkpoint_path=checkpoint,
     )
     write_history(outcome)
     return outcome

@@ -9,7 +9,10 @@ no Ray installed (:class:`LocalSession`, used by ``raycl.bench.gpu``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
@@ -102,28 +105,60 @@ class TuneSession:
 
 
 class LocalSession:
-    """One process without Ray: rank 0 of 1 on ``device``; the model is moved there, reported
-    metrics are kept in :attr:`reports`, checkpoints are not kept (every run starts fresh)."""
+    """One process without Ray: rank 0 of 1 on ``device``; the model is moved there and the
+    reported metrics are kept in :attr:`reports`. With ``run_dir`` every reported checkpoint
+    is copied to ``run_dir/<name>`` (under a temporary name, then renamed: never half
+    written) and a new session resumes from the newest one, as Ray Train would; without it
+    checkpoints are dropped. ``on_report`` is called with each epoch's metrics."""
 
     rank, world_size = 0, 1
 
-    def __init__(self, device: str | torch.device = "cpu") -> None:
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        run_dir: str | Path | None = None,
+        on_report: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.device = torch.device(device)
         self.reports: list[dict[str, Any]] = []
+        self.run_dir = None if run_dir is None else Path(run_dir)
+        self.on_report = on_report
 
-    def get_checkpoint(self) -> None:
-        return None
+    def get_checkpoint(self) -> Any:
+        """The newest checkpoint in ``run_dir`` (None without one)."""
+        found = sorted(self.run_dir.glob("epoch-*[0-9]")) if self.run_dir else []
+        return LocalCheckpoint(found[-1]) if found else None
 
     def report(
         self, metrics: dict[str, Any], checkpoint_dir: str | None = None, name: str | None = None
     ):
+        if self.run_dir is not None and checkpoint_dir is not None:
+            final = self.run_dir / (name or f"checkpoint-{len(self.reports):06d}")
+            staging = final.with_name(final.name + ".tmp")
+            shutil.rmtree(staging, ignore_errors=True)
+            shutil.copytree(checkpoint_dir, staging)
+            staging.replace(final)
         self.reports.append(dict(metrics))
+        if self.on_report is not None:
+            self.on_report(dict(metrics))
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device)
 
     def training_batches(self, dataset: Dataset, data: DataConfig, seed: int) -> Iterable:
         return training_loader(dataset, data, seed)
+
+
+class LocalCheckpoint:
+    """A checkpoint directory on this machine, with Ray's ``Checkpoint`` interface."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self.filesystem = None  # this machine's
+
+    @contextmanager
+    def as_directory(self) -> Iterator[str]:
+        yield self.path
 
 
 def _quiet_report_lines() -> None:

@@ -11,10 +11,14 @@ Needs neither Ray, Hydra nor OmegaConf.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import random
+import re
 import signal
+import sys
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -286,8 +290,87 @@ def _maybe_inject_fault(config: TrainConfig, epoch: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _checksum_file(rank: int) -> str:
+    return f"checksums-rank{rank}.json"
+
+
+def _write_checksums(directory: Path, rank: int) -> None:
+    """SHA-256 of the files this rank wrote into a checkpoint, written last: a checkpoint
+    whose copy was cut short, or whose files changed, fails :func:`verify_checkpoint`."""
+    digests = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(directory.iterdir())
+        if f.is_file() and not f.name.startswith("checksums-")
+    }
+    (directory / _checksum_file(rank)).write_text(json.dumps(digests))
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """Why the checkpoint in ``directory`` cannot be trusted, or None when it can: the state
+    file and every rank's checksum list must be there and every listed file must match."""
+    directory = Path(directory)
+    if not (directory / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    lists = sorted(directory.glob("checksums-rank*.json"))
+    if not lists:
+        return "no checksums"
+    for listing in lists:
+        for name, digest in json.loads(listing.read_text()).items():
+            path = directory / name
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                return f"{name} does not match its checksum"
+    return None
+
+
+def _good_checkpoint(checkpoint: Any) -> Any:
+    """``checkpoint`` if it verifies; else the newest older checkpoint of the run that does.
+
+    A bad one (a crash while writing, a full disk) is reported and renamed ``*.corrupt``,
+    so the run resumes from the newest good checkpoint and its next report can take the
+    name again."""
+    candidates = [checkpoint, *_older_checkpoints(checkpoint)]
+    for candidate in candidates:
+        with candidate.as_directory() as directory:
+            problem = verify_checkpoint(directory)
+        if problem is None:
+            return candidate
+        print(f"raycl: skipping checkpoint {candidate.path}: {problem}", file=sys.stderr)
+        _set_aside(candidate)
+    return None
+
+
+def _older_checkpoints(checkpoint: Any) -> list[Any]:
+    """The run's other ``epoch-*`` checkpoints older than ``checkpoint``, newest first."""
+    import pyarrow.fs
+
+    filesystem = getattr(checkpoint, "filesystem", None) or pyarrow.fs.LocalFileSystem()
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    names = sorted(
+        (e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory),
+        reverse=True,
+    )
+    older = [n for n in names if re.fullmatch(r"epoch-\d+", n) and n < name]
+    return [type(checkpoint)(path=f"{parent}/{n}", **_filesystem_of(checkpoint)) for n in older]
+
+
+def _filesystem_of(checkpoint: Any) -> dict[str, Any]:
+    filesystem = getattr(checkpoint, "filesystem", None)
+    return {} if filesystem is None else {"filesystem": filesystem}
+
+
+def _set_aside(checkpoint: Any) -> None:
+    import pyarrow.fs
+
+    filesystem = getattr(checkpoint, "filesystem", None) or pyarrow.fs.LocalFileSystem()
+    with contextlib.suppress(OSError):  # another rank may have moved it already
+        filesystem.move(checkpoint.path, checkpoint.path.rstrip("/") + ".corrupt")
+
+
 def _restore(checkpoint: Any, run: TrainingRun) -> dict[str, Any]:
-    """Load a reported checkpoint into the run; its state dict (empty without one)."""
+    """Load the newest good checkpoint into the run; its state dict (empty without one)."""
+    if checkpoint is not None:
+        checkpoint = _good_checkpoint(checkpoint)
     if checkpoint is None:
         return {}
     with checkpoint.as_directory() as directory:
@@ -329,6 +412,7 @@ def _report(run: TrainingRun, metrics: dict[str, float], epoch: int) -> None:
             (Path(directory) / HISTORY_FILE).write_text(
                 json.dumps({"history": run.history, "initial": run.initial})
             )
+        _write_checksums(Path(directory), rank)
         run.session.report(metrics, directory, name=f"epoch-{epoch:05d}")
 
 

@@ -1,0 +1,187 @@
+"""Bad input and faults: what the user sees (one line, an exit code) and what is kept.
+
+Each row of issue 15's table is a test here. Training runs in the driver process
+(``cluster.num_workers=0``: the same loop, checkpoints and resume, no Ray) so they stay fast;
+the slow tests at the end check the same through Ray Train workers.
+"""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from raycl.config import load_config
+from raycl.data import write_parquet_dataset
+from raycl.errors import ConfigError, DataError
+from raycl.runner import train
+from raycl.train import verify_checkpoint
+
+IN_PROCESS = [
+    "cluster.num_workers=0",
+    "eval.linear_probe=false",
+    "eval.knn_k=5",
+    "max_steps_per_epoch=2",
+]
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "raycl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def one_line(done: subprocess.CompletedProcess, code: int, match: str) -> None:
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == code, done.stderr[-2000:]
+    assert len(lines) == 1 and match in lines[0], lines
+
+
+def run(tmp_path: Path, *overrides: str):
+    return train(load_config([*IN_PROCESS, f"storage_path={tmp_path / 'runs'}", *overrides]))
+
+
+def png(seed: int, size: int = 12) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def image_folder(root: Path, corrupt: bool) -> Path:
+    """root/{train,test}/<class>/<i>.png; with ``corrupt`` one training JPEG cut short."""
+    for split, count in (("train", 8), ("test", 4)):
+        for c in range(2):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                (folder / f"{i}.png").write_bytes(png(100 * c + i))
+    if corrupt:
+        jpeg = io.BytesIO()
+        Image.fromarray(np.zeros((12, 12, 3), np.uint8)).save(jpeg, format="JPEG")
+        (root / "train" / "class1" / "broken.jpg").write_bytes(jpeg.getvalue()[:60])
+    return root
+
+
+PARQUET = ["data.batch_size_per_worker=2", "data.loader_workers=0"]
+FOLDER = ["data=imagefolder", "data.image_size=8", "data.batch_size_per_worker=4"]
+FOLDER += ["data.loader_workers=0", "model.width=4"]
+
+
+# -- one line, before any training ------------------------------------------------------------
+
+
+def test_a_batch_larger_than_the_data_set(tmp_path):
+    done = cli("train", "data.batch_size_per_worker=4096", f"storage_path={tmp_path}")
+    one_line(done, 2, "data.batch_size_per_worker=4096 × 1 worker(s) = 4096 items exceeds")
+
+
+def test_a_missing_torchvision_data_set(tmp_path):
+    done = cli("train", "data=cifar10", f"data.root={tmp_path}", f"storage_path={tmp_path}")
+    one_line(done, 2, "CIFAR10 not found: no 'cifar-10-batches-py' folder")
+
+
+def test_warm_up_longer_than_the_run(tmp_path):
+    done = cli("train", "epochs=2", "optim.warmup_epochs=5", f"storage_path={tmp_path}")
+    one_line(done, 2, "optim.warmup_epochs must not exceed epochs (2), got 5")
+
+
+def test_parquet_without_labels_or_truncated_names_the_file(tmp_path):
+    for split in ("train", "test"):
+        write_parquet_dataset([png(i) for i in range(4)], [0, 1, 0, 1], tmp_path / split)
+    train_file = tmp_path / "train" / "part-00000.parquet"
+    pq.write_table(pa.table({"image": [png(0)]}), train_file)  # no label column
+    with pytest.raises(DataError, match=r"part-00000.parquet has no 'label' column"):
+        run(tmp_path, "data=parquet", f"data.root={tmp_path}", *PARQUET)
+    write_parquet_dataset([png(i) for i in range(4)], [0, 1, 0, 1], tmp_path / "cut")
+    cut = tmp_path / "cut" / "part-00000.parquet"
+    train_file.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
+    with pytest.raises(DataError, match=r"part-00000.parquet is not a readable Parquet file"):
+        run(tmp_path, "data=parquet", f"data.root={tmp_path}", *PARQUET)
+
+
+# -- bad items --------------------------------------------------------------------------------
+
+
+def test_a_corrupt_image_stops_the_run_naming_the_file(tmp_path):
+    root = image_folder(tmp_path / "images", corrupt=True)
+    with pytest.raises(DataError, match=r"bad item \d+ \(.*broken\.jpg\).*on_bad_item=skip"):
+        run(tmp_path, *FOLDER, f"data.root={root}", "epochs=1", "data.num_views=2")
+
+
+def test_a_corrupt_image_is_skipped_and_counted(tmp_path):
+    root = image_folder(tmp_path / "images", corrupt=True)
+    outcome = run(
+        tmp_path,
+        *FOLDER,
+        f"data.root={root}",
+        "epochs=2",
+        "max_steps_per_epoch=null",
+        "data.on_bad_item=skip",
+    )
+    # 17 training images, 4 a batch: 4 steps an epoch see 16 of them; the broken one, when
+    # drawn, is replaced by the next good image and counted
+    assert sum(h["bad_items"] for h in outcome.history) >= 1
+    assert all(h["bad_items"] <= 1 for h in outcome.history)
+
+
+def test_an_undecodable_parquet_row_names_file_and_row(tmp_path):
+    images = [png(i) for i in range(6)]
+    images[3] = b"not an image"
+    write_parquet_dataset(images, [0, 1] * 3, tmp_path / "train", row_group_size=2)
+    write_parquet_dataset([png(i) for i in range(4)], [0, 1] * 2, tmp_path / "test")
+    with pytest.raises(DataError, match=r"bad item 3 \(.*part-00000\.parquet row 3\)"):
+        run(
+            tmp_path,
+            "data=parquet",
+            f"data.root={tmp_path}",
+            "data.image_size=8",
+            "data.batch_size_per_worker=6",
+            "data.loader_workers=0",
+            "model.width=4",
+            "epochs=1",
+        )
+
+
+# -- checkpoints and resuming -----------------------------------------------------------------
+
+
+def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes(tmp_path):
+    first = run(tmp_path, "name=cut", "epochs=3")
+    run_dir = tmp_path / "runs" / "cut"
+    latest = run_dir / "epoch-00002" / "state.pt"
+    latest.write_bytes(latest.read_bytes()[:1000])  # a crash while writing
+    assert verify_checkpoint(latest.parent) == "state.pt does not match its checksum"
+    resumed = run(tmp_path, "name=cut", "epochs=4")
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    assert resumed.history[:2] == first.history[:2]  # epochs 0-1 came from the checkpoint
+    assert (run_dir / "epoch-00002.corrupt").is_dir()  # set aside, not deleted
+    assert verify_checkpoint(run_dir / "epoch-00002") is None  # written again, whole
+
+
+def test_rerunning_a_name_with_another_config_is_refused_unless_fresh(tmp_path):
+    run(tmp_path, "name=same", "epochs=1")
+    with pytest.raises(ConfigError, match=r"'same' exists with another config: .*loss.name \('inf"):
+        run(tmp_path, "name=same", "epochs=1", "loss=tcl")
+    again = run(tmp_path, "name=same", "epochs=2", "eval.knn_k=7")  # resumable keys
+    assert [h["epoch"] for h in again.history] == [0, 1]
+    fresh = run(tmp_path, "name=same", "epochs=1", "loss=tcl", "fresh=true")
+    assert [h["epoch"] for h in fresh.history] == [0]
+    assert len(list((tmp_path / "runs").glob("same.*"))) == 1  # the old run, moved aside
+
+
+def test_the_cli_says_which_keys_differ(tmp_path):
+    assert cli("train", *IN_PROCESS, "epochs=1", f"storage_path={tmp_path}").returncode == 0
+    done = cli("train", *IN_PROCESS, "epochs=1", "loss.temperature=0.2", f"storage_path={tmp_path}")
+    one_line(done, 2, "loss.temperature (0.1 -> 0.2)")
