@@ -59,7 +59,7 @@ class RayTrainSession:
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
         if not verbose:
-            _quiet_report_lines()
+            _quiet_worker_logs()
 
     def get_checkpoint(self) -> Any:
         return self._train.get_checkpoint()
@@ -161,14 +161,19 @@ class LocalCheckpoint:
         yield self.path
 
 
-def _quiet_report_lines() -> None:
-    """Drop Ray Train's per-report INFO line in this worker (its logger is named after its
-    file, so ``RunConfig(logging_config=...)``, which filters ``ray.train.*``, misses it)."""
+def _quiet_worker_logs() -> None:
+    """Drop two of Ray Train's console lines in this worker: the per-report INFO line (its
+    logger is named after its file, so ``RunConfig(logging_config=...)``, which filters
+    ``ray.train.*``, misses it) and the traceback it logs for an error in the training
+    function (the driver shows that error as one line and writes the traceback to the run's
+    log file)."""
     import logging
 
+    from ray.train.v2._internal import util
     from ray.train.v2._internal.execution import context
 
     logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    logging.getLogger(util.__name__).setLevel(logging.CRITICAL)
 
 
 def _ray_checkpoint(directory: str | None) -> Any:

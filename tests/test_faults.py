@@ -185,3 +185,31 @@ def test_the_cli_says_which_keys_differ(tmp_path):
     assert cli("train", *IN_PROCESS, "epochs=1", f"storage_path={tmp_path}").returncode == 0
     done = cli("train", *IN_PROCESS, "epochs=1", "loss.temperature=0.2", f"storage_path={tmp_path}")
     one_line(done, 2, "loss.temperature (0.1 -> 0.2)")
+
+
+# -- through Ray Train workers (slow) ---------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_an_error_inside_a_ray_worker_is_one_line_with_its_traceback_in_the_log(tmp_path):
+    root = image_folder(tmp_path / "images", corrupt=True)
+    done = cli(
+        "train",
+        *FOLDER,
+        f"data.root={root}",
+        "epochs=1",
+        "max_steps_per_epoch=null",
+        "cluster.num_workers=1",
+        "eval.linear_probe=false",
+        "eval.knn_k=5",
+        f"storage_path={tmp_path / 'runs'}",
+        "name=bad-item",
+    )
+    # Ray's own warnings may come first; the error is one line, its traceback not on screen
+    assert done.returncode == 2, done.stderr[-2000:]
+    last = [line for line in done.stderr.splitlines() if line.strip()][-1]
+    assert last.startswith("raycl: error: data: bad item") and "broken.jpg" in last
+    assert "Error in training function" not in done.stderr
+    log = tmp_path / "runs" / "bad-item" / "raycl-error.log"
+    assert f"(traceback: {log})" in done.stderr
+    assert "Traceback" in log.read_text() and "DataError" in log.read_text()
