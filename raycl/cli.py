@@ -3,6 +3,10 @@
     raycl train [HYDRA_OVERRIDES...]      train on Ray Train (default: digits, CPU)
     raycl tune [HYDRA_OVERRIDES...]       balance search on Ray Tune (search=cd|random|asha|tpe|gp)
     raycl analyze EXPERIMENT... [--export F.parquet] [--plots DIR]   read Tune results
+    raycl analyze RUN [--plots DIR]       a run's embedding space: 2-D map, nearest neighbours
+    raycl embed RUN --output F.parquet [--split test|train] [--plot DIR] [OVERRIDES...]
+                                          a trained encoder over a split, into Parquet
+    raycl export RUN --output DIR [--torchscript]   the encoder as safetensors (+ TorchScript)
     raycl submit [--address A] train|tune [OVERRIDES...] [--follow]   run as a Ray Job
     raycl submit status|logs|stop JOB_ID, raycl submit list            job life cycle
     raycl bench loss [OPTIONS]            tiled vs materialised losses vs the GEMM limit
@@ -12,6 +16,7 @@
     raycl bench trials [OPTIONS]          a Tune trial's overhead, with and without actor reuse
     raycl bench gpu [OPTIONS]             the GPU path on one device (benchmarks/gpu/run.sh)
     raycl bench memory [OPTIONS]          step memory and time vs batch, one pass vs chunks
+    raycl bench embed [OPTIONS]           raycl embed items/s (0, 1, 2 actors) vs a plain loop
 
 Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_workers=8``.
 """
@@ -110,10 +115,21 @@ def _submit(args: argparse.Namespace) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from raycl.embedding_map import plot_run
+    from raycl.encoder import is_run
     from raycl.search.analysis import analyze
 
+    runs = [p for p in args.experiments if is_run(Path(p))]
+    for run in runs:  # a training run: pictures of its embedding space
+        for path in plot_run(run, args.plots or Path(run) / "plots"):
+            print(f"wrote {path}")
+    experiments = [p for p in args.experiments if p not in runs]
+    if not experiments:
+        return
     analyze(
-        args.experiments,
+        experiments,
         metric=args.metric,
         mode=args.mode,
         top=args.top,
@@ -123,8 +139,41 @@ def _analyze(args: argparse.Namespace) -> None:
     )
 
 
+def _embed(args: argparse.Namespace) -> None:
+    from raycl.embed import embed_to_parquet, plan_for
+
+    options = {"split": args.split, "head": args.head, "normalize": args.normalize}
+    plan = plan_for(args.run_path, args.checkpoint, args.overrides, **options)
+    summary = embed_to_parquet(plan, args.output, args.overwrite)
+    print(
+        f"wrote {summary['rows']:,} embeddings to {summary['output']} "
+        f"({summary['items_per_s']:,.0f} items/s)"
+    )
+    if args.plot:
+        from raycl.embedding_map import plot_parquet
+
+        for path in plot_parquet(summary["output"], args.plot):
+            print(f"wrote {path}")
+
+
+def _export(args: argparse.Namespace) -> None:
+    from raycl.export import export_encoder
+
+    out = export_encoder(
+        args.run_path, args.output, args.checkpoint, args.torchscript, args.overwrite
+    )
+    print(f"wrote {out}")
+
+
+def _encoder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_path", metavar="RUN", help="run directory or checkpoint directory")
+    parser.add_argument("--checkpoint", help="checkpoint directory (default: the run's best)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every sub-command."""
+    from raycl.bench import embed as bench_embed
     from raycl.bench import gpu as bench_gpu
     from raycl.bench import landscape as bench_landscape
     from raycl.bench import loss as bench_loss
@@ -155,8 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     _config_arguments(tune, "tune")
     tune.set_defaults(run=_tune)
 
-    analyze = commands.add_parser("analyze", help="tables, Parquet and plots of Tune results")
-    analyze.add_argument("experiments", nargs="+", help="Tune experiment path(s) or URI(s)")
+    analyze = commands.add_parser(
+        "analyze", help="tables, Parquet and plots of Tune results; maps of a run's embeddings"
+    )
+    analyze.add_argument(
+        "experiments", nargs="+", help="Tune experiment path(s) or URI(s), or run directories"
+    )
     analyze.add_argument("--metric", default="knn_top1")
     analyze.add_argument("--mode", default="max", choices=["max", "min"])
     analyze.add_argument("--top", type=int, default=10)
@@ -164,6 +217,27 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--export", help="write every trial's config and epochs to this Parquet")
     analyze.add_argument("--plots", help="write PNG plots into this directory")
     analyze.set_defaults(run=_analyze)
+
+    embed = commands.add_parser("embed", help="embed a data split with a trained encoder")
+    _encoder_arguments(embed)
+    embed.add_argument("--output", required=True, help="Parquet file to write")
+    embed.add_argument("--split", default="test", help="test (default) or train")
+    embed.add_argument("--head", action="store_true", help="the projection head's output too")
+    embed.add_argument("--normalize", action="store_true", help="L2-normalise each row")
+    embed.add_argument("--plot", metavar="DIR", help="also write PNG maps of the embeddings")
+    embed.add_argument(
+        "overrides",
+        nargs="*",
+        help="data=NAME, data.*, cluster.* (num_workers: Ray actors, 0: this process), "
+        "eval.batch_size",
+    )
+    embed.set_defaults(run=_embed)
+
+    export = commands.add_parser("export", help="write a trained encoder as safetensors")
+    _encoder_arguments(export)
+    export.add_argument("--output", required=True, help="folder to write")
+    export.add_argument("--torchscript", action="store_true", help="also a traced TorchScript")
+    export.set_defaults(run=_export)
 
     submit = commands.add_parser("submit", help="run train/tune on a Ray cluster as a Ray Job")
     submit.add_argument("--address", default=DEFAULT_ADDRESS, help="job API address")
@@ -205,6 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
     gpu = benches.add_parser("gpu", help="correctness, loss, training, nccl on one GPU")
     bench_gpu.add_arguments(gpu)
     gpu.set_defaults(run=bench_gpu.main)
+    embed_bench = benches.add_parser("embed", help="raycl embed items/s vs a plain loop")
+    bench_embed.add_arguments(embed_bench)
+    embed_bench.set_defaults(run=bench_embed.main)
     memory = benches.add_parser("memory", help="step memory and time vs batch, with chunking")
     bench_memory.add_arguments(memory)
     memory.set_defaults(run=bench_memory.main)
@@ -217,7 +294,14 @@ def main(argv: Sequence[str] | None = None) -> None:
     from raycl.errors import RayclError, TrainingDiverged
     from raycl.submit import SubmitError
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse takes positionals in one run: overrides after an option arrive here
+    stray = [a for a in extra if a.startswith("-") or "=" not in a]
+    if stray or (extra and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)
     except TrainingDiverged as err:

@@ -217,6 +217,20 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return updated
 
 
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``["data.root=/x", "seed=3"]`` as ``{dotted key: value}`` (values read as YAML), for
+    :func:`with_overrides`."""
+    import yaml
+
+    parsed = {}
+    for override in overrides:
+        key, sep, value = override.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {override!r} is not key=value (e.g. data.root=/data)")
+        parsed[key] = yaml.safe_load(value)
+    return parsed
+
+
 def has_key(cfg: Any, dotted: str) -> bool:
     """Whether ``cfg`` (a typed config) has the dotted key, e.g. ``"loss.temperature"``."""
     node = cfg

@@ -30,6 +30,11 @@ class DataError(RayclError, ValueError):
     naming the key, file or item)."""
 
 
+class CheckpointError(RayclError):
+    """A path that is not a raycl run or checkpoint, or a checkpoint that does not verify
+    or does not fit its model (one line, naming the path)."""
+
+
 class TrainingDiverged(RayclError, RuntimeError):
     """The loss became NaN or inf, or the embeddings collapsed; the last good checkpoint is
     kept (exit code 1)."""

@@ -12,6 +12,7 @@ Needs neither Ray, Hydra nor OmegaConf.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ from raycl.session import RayTrainSession, Session
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
+RUN_FILE = "run.json"  # what the checkpoint is: config, input shape (raycl.encoder reads it)
 
 
 @dataclass
@@ -412,8 +414,20 @@ def _report(run: TrainingRun, metrics: dict[str, float], epoch: int) -> None:
             (Path(directory) / HISTORY_FILE).write_text(
                 json.dumps({"history": run.history, "initial": run.initial})
             )
+            (Path(directory) / RUN_FILE).write_text(json.dumps(_run_record(run), default=str))
         _write_checksums(Path(directory), rank)
         run.session.report(metrics, directory, name=f"epoch-{epoch:05d}")
+
+
+def _run_record(run: TrainingRun) -> dict[str, Any]:
+    """What a checkpoint needs to be used without its run: the config and the input."""
+    item = run.bundle.test_eval[0][0]
+    return {
+        "config": dataclasses.asdict(run.config),
+        "in_channels": run.bundle.in_channels,
+        "input_shape": list(item.shape),
+        "num_classes": run.bundle.num_classes,
+    }
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

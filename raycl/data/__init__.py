@@ -48,6 +48,7 @@ __all__ = [
     "check_data",
     "digits_transform",
     "eval_transform",
+    "evaluation_transform",
     "image_folder",
     "open_torchvision",
     "read_ray_dataset",
@@ -257,6 +258,30 @@ DATASETS: dict[str, Callable[[DataConfig, int], DatasetBundle]] = {
     "parquet": _parquet,
     "synthetic": _synthetic,
 }
+
+
+_PHOTO_RECIPES = {
+    "cifar10": _CIFAR10,
+    "cifar100": _CIFAR100,
+    "stl10": _STL10,
+    "imagefolder": _IMAGENET,
+    "cub200": _IMAGENET,
+    "cars196": _IMAGENET,
+    "sop": _IMAGENET,
+    "parquet": _IMAGENET,
+}
+
+
+def evaluation_transform(data: DataConfig) -> Callable[[Any], torch.Tensor]:
+    """The deterministic transform the ``data`` set's evaluation splits apply to a raw item
+    (a PIL image for photos, an array for digits, signals and generated items): what an
+    encoder trained on it expects as input."""
+    check_data(data)
+    if data.name == "digits":
+        return eval_transform()
+    if data.name in _PHOTO_RECIPES:
+        return _PHOTO_RECIPES[data.name].transforms(data.image_size)[1]
+    return partial(torch.as_tensor, dtype=torch.float32)
 
 
 def build_datasets(data: DataConfig, seed: int = 0) -> DatasetBundle:

@@ -1,0 +1,144 @@
+"""``raycl bench embed``: items per second of ``raycl embed`` against a plain loop.
+
+A small run is trained in a temporary directory (weights do not change the speed), then the
+same split of the same data set is embedded, round after round, by
+
+* ``loop``: what a user would write without raycl — ``load_encoder`` and
+  :func:`raycl.evaluate.embed` (a ``DataLoader`` loop) in this process, torch's default
+  threads;
+* ``loop, 1 thread``: the same with ``torch.set_num_threads(1)`` (what one core does);
+* ``raycl embed`` with ``cluster.num_workers`` = 0 (this process), 1 and 2 Ray Data actors
+  (one CPU, hence one torch thread, each), Parquet written.
+
+Every time is a whole call: encoder loading, data set opening, actor start-up and writing
+included (the local Ray cluster is started once, before the first round). Reported: the
+median and range of items/s over the rounds and the ratio of medians to ``loop``. Targets
+(issue 16): 1 actor ≥ 0.8×, 2 actors ≥ 1.6× the loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+from raycl.bench.measure import cpu_model, publish
+
+TRAIN = [
+    "data=synthetic",
+    "data.num_items=256",
+    "model=resnet18",
+    "model.cifar_stem=true",
+    "epochs=1",
+    "max_steps_per_epoch=1",
+    "cluster.num_workers=0",
+    "eval.linear_probe=false",
+]
+TARGETS = {"raycl embed, 1 actor": 0.8, "raycl embed, 2 actors": 1.6}
+
+
+def _loop(run: str, overrides: list[str], threads: int | None) -> int:
+    import torch
+
+    from raycl.embed import open_split, plan_for
+    from raycl.encoder import load_encoder
+    from raycl.evaluate import embed
+
+    previous = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        request = plan_for(run, overrides=overrides, split="train").request
+        encoder, _, _ = load_encoder(request.checkpoint)
+        features = embed(encoder, open_split(request), batch_size=request.batch_size)[0]
+    finally:
+        torch.set_num_threads(previous)
+    return len(features)
+
+
+def _raycl(run: str, overrides: list[str], workers: int, output: Path) -> int:
+    from raycl.embed import embed_to_parquet, plan_for
+
+    overrides = [*overrides, f"cluster.num_workers={workers}"]
+    plan = plan_for(run, overrides=overrides, split="train")
+    return embed_to_parquet(plan, output, overwrite=True)["rows"]
+
+
+def measure(args: argparse.Namespace) -> dict[str, list[float]]:
+    """items/s of every method, one list entry per round."""
+    from raycl.config import load_config
+    from raycl.runner import connect_ray, train
+
+    size = args.image_size
+    overrides = [f"data.num_items={args.items}", f"data.item_shape=[3,{size},{size}]"]
+    overrides += args.overrides
+    overrides += [f"eval.batch_size={args.batch_size}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        shape = f"data.item_shape=[3,{args.image_size},{args.image_size}]"
+        run = train(load_config([*TRAIN, shape, f"storage_path={tmp}", "name=bench"])).path
+        out = Path(tmp) / "embeddings.parquet"
+        methods = {
+            "loop": lambda: _loop(run, overrides, None),
+            "loop, 1 thread": lambda: _loop(run, overrides, 1),
+            "raycl embed, in process": lambda: _raycl(run, overrides, 0, out),
+            "raycl embed, 1 actor": lambda: _raycl(run, overrides, 1, out),
+            "raycl embed, 2 actors": lambda: _raycl(run, overrides, 2, out),
+        }
+        connect_ray()
+        rates: dict[str, list[float]] = {name: [] for name in methods}
+        for round_ in range(args.rounds):
+            for name, call in methods.items():
+                started = time.perf_counter()
+                items = call()
+                rates[name].append(items / (time.perf_counter() - started))
+                print(f"round {round_ + 1}: {name}: {rates[name][-1]:.0f} items/s", flush=True)
+    return rates
+
+
+def table(rates: dict[str, list[float]], args: argparse.Namespace) -> str:
+    """Markdown: items/s (median, range) and the ratio to the loop, with the targets."""
+    loop = statistics.median(rates["loop"])
+    lines = [
+        f"Date {date.today()}; machine: {cpu_model()}, {os.cpu_count()} cores; "
+        f"`raycl bench embed --items {args.items} --image-size {args.image_size} --rounds "
+        f"{args.rounds}`: the train split of "
+        f"`data=synthetic` ({args.items:,} items 3×{args.image_size}×{args.image_size}), "
+        "ResNet-18 (CIFAR stem), "
+        f"eval.batch_size={args.batch_size}; whole calls (loading, start-up, writing "
+        "included), median and range over the rounds.",
+        "",
+        "| method | items/s (median) | range | × loop | target |",
+        "|---|---|---|---|---|",
+    ]
+    for name, values in rates.items():
+        median = statistics.median(values)
+        target = TARGETS.get(name)
+        verdict = (
+            ""
+            if target is None
+            else f"≥ {target}×: " + ("met" if median / loop >= target else "not met")
+        )
+        lines.append(
+            f"| {name} | {median:,.0f} | {min(values):,.0f}–{max(values):,.0f} "
+            f"| {median / loop:.2f} | {verdict} |"
+        )
+    return "\n".join(lines)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench embed``."""
+    parser.add_argument("--items", type=int, default=8192, help="items in the embedded split")
+    parser.add_argument("--image-size", type=int, default=16, help="items are 3×S×S")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--output", help="also write the markdown table to this file")
+    parser.add_argument("overrides", nargs="*", help="data.* overrides of the embedded set")
+
+
+def main(args: argparse.Namespace) -> None:
+    """Measure, print the table, optionally save it."""
+    publish("embed", table(measure(args), args), args.output)

@@ -1,0 +1,266 @@
+"""``raycl embed``: a trained encoder over a whole data split, into one Parquet file.
+
+The items of the split (``test`` or ``train`` of the run's data set, or of another one given
+by ``data=…``/``data.*`` overrides; the data set's evaluation transform) are embedded by a
+pool of ``cluster.num_workers`` Ray actors with Ray Data: ``from_numpy`` of the item indices,
+then ``map_batches`` (``eval.batch_size`` items a batch) over the actor pool
+(:class:`EmbedItems`: each actor opens the split and loads the encoder once, then reads,
+transforms and embeds batch after batch; one GPU each with ``cluster.use_gpu``). Reading sits
+in the same actor as the encoder rather than in separate CPU tasks: on a CPU cluster they
+share the cores anyway, and a read task could wait forever for a CPU that the actors hold.
+The driver streams the batches in index order into one Parquet file, written under a
+temporary name and renamed when complete. ``cluster.num_workers=0`` embeds in this process,
+without Ray (the same reads, the same encoder).
+
+Columns: ``index`` (int64, the item's position in the split), ``id`` (string: where the
+item is stored — file, file and row, or ``item N``), ``label`` (int64), ``embedding``
+(``fixed_size_list<float32>[D]``: the encoder's features, what the run's kNN and linear probe
+use) and with ``head`` ``projection`` (the projection head's output); ``normalize`` divides
+each row by its L2 norm.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+
+from raycl.config import DataConfig
+from raycl.errors import CheckpointError, ConfigError, DataError
+from raycl.runner import connect_ray
+
+SPLITS = ("test", "train")
+EMBED_METADATA_KEY = b"raycl.embed"
+
+
+@dataclass(frozen=True)
+class EmbedRequest:
+    """What to embed and how (one per ``raycl embed`` call)."""
+
+    checkpoint: str  # a checkpoint directory (raycl.encoder.best_checkpoint of a run)
+    data: DataConfig  # the run's data section, or the command's
+    split: str = "test"
+    head: bool = False
+    normalize: bool = False
+    batch_size: int = 256  # eval.batch_size
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ConfigError(f"--split must be one of {list(SPLITS)}, got {self.split!r}")
+        if self.batch_size < 1:
+            raise ConfigError(f"eval.batch_size must be ≥ 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class EmbedPlan:
+    """A request and where it runs: ``workers`` actors (0: this process) on ``address``."""
+
+    request: EmbedRequest
+    workers: int
+    address: str | None = None
+    use_gpu: bool = False
+
+
+class EmbedItems:
+    """Reads, transforms and embeds batches of item indices (one encoder per instance)."""
+
+    def __init__(self, request: EmbedRequest, device: str = "cpu") -> None:
+        from raycl.data import GuardedDataset
+        from raycl.encoder import load_encoder
+
+        self.request = request
+        self.device = torch.device(device)
+        model, _, _ = load_encoder(request.checkpoint, with_head=True)
+        self.model = model.to(self.device).eval()
+        self.dataset = GuardedDataset(open_split(request).dataset, "error")  # no substitutes
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        return self.embed(batch["data"])
+
+    def embed(self, indices: np.ndarray) -> pa.Table:
+        """The output rows of the items at ``indices``."""
+        from raycl.data.guard import item_source
+
+        items = [self.dataset[int(i)] for i in indices]
+        inputs = torch.stack([torch.as_tensor(x) for x, _ in items]).to(self.device)
+        with torch.no_grad():
+            features, projection = self.model(inputs)
+        columns = {
+            "index": pa.array(indices, pa.int64()),
+            "id": [item_source(self.dataset.dataset, int(i)) for i in indices],
+            "label": pa.array([int(y) for _, y in items], pa.int64()),
+            "embedding": self._column(features),
+        }
+        if self.request.head:
+            columns["projection"] = self._column(projection)
+        return pa.table(columns)
+
+    def _column(self, z: torch.Tensor) -> pa.FixedSizeListArray:
+        z = z.flatten(1).float()
+        if self.request.normalize:
+            z = F.normalize(z, dim=1)
+        flat = z.cpu().numpy()
+        return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
+
+
+_ALLOWED_OVERRIDES = ("data", "data.", "cluster.", "eval.batch_size")
+
+
+def plan_for(
+    path: str | Path,
+    checkpoint: str | Path | None = None,
+    overrides: list[str] | None = None,
+    **options: Any,
+) -> EmbedPlan:
+    """The plan for the run (or checkpoint) at ``path``: its checkpoint (the best, unless
+    given) and its recorded config with ``overrides`` — ``data=NAME`` and ``data.*`` (another
+    data set), ``cluster.*`` (where to run) and ``eval.batch_size``; the encoder is fixed.
+    ``options`` are :class:`EmbedRequest` fields (split, head, normalize)."""
+    from raycl.config import load_config, parse_overrides, with_overrides
+    from raycl.encoder import choose_checkpoint, recorded_config
+
+    chosen = choose_checkpoint(Path(path), checkpoint).resolve()
+    config = recorded_config(chosen)
+    overrides = list(overrides or [])
+    changes = parse_overrides(overrides)
+    foreign = [k for k in changes if not any(k == a or k.startswith(a) for a in _ALLOWED_OVERRIDES)]
+    if foreign:
+        raise ConfigError(
+            "raycl embed overrides data=…, data.*, cluster.* and eval.batch_size only "
+            f"(the encoder is fixed), got {foreign}"
+        )
+    if "data" in changes:  # another data set: its group's defaults, then the data.* keys
+        config.data = load_config([o for o in overrides if o.startswith("data")]).data
+        changes = {k: v for k, v in changes.items() if not k.startswith("data")}
+    if changes:
+        config = with_overrides(config, changes)
+    request = EmbedRequest(
+        str(chosen), config.data, seed=config.seed, batch_size=config.eval.batch_size, **options
+    )
+    check_fit(request)
+    cluster = config.cluster
+    return EmbedPlan(request, cluster.num_workers, cluster.address, cluster.use_gpu)
+
+
+def open_split(request: EmbedRequest) -> Any:
+    """The requested evaluation split (a :class:`~raycl.data.guard.GuardedDataset`)."""
+    from raycl.data import build_datasets
+
+    bundle = build_datasets(request.data, request.seed)
+    return bundle.test_eval if request.split == "test" else bundle.train_eval
+
+
+def check_fit(request: EmbedRequest) -> None:
+    """One line naming the data set when its items do not have the encoder's input shape."""
+    from raycl.encoder import recorded_input_shape
+
+    expected = recorded_input_shape(Path(request.checkpoint))
+    split = open_split(request)
+    if len(split) == 0:
+        raise DataError(f"data: the {request.split} split of {request.data.name!r} is empty")
+    shape = list(torch.as_tensor(split[0][0]).shape)
+    if shape != expected:
+        raise DataError(
+            f"data: {request.data.name!r} items have shape {shape}; the encoder takes {expected}"
+        )
+
+
+def embed_to_parquet(
+    plan: EmbedPlan, output: str | Path, overwrite: bool = False
+) -> dict[str, Any]:
+    """Embed the plan's split into ``output`` (one Parquet file); a summary (rows, seconds)."""
+    out = Path(output)
+    if out.exists() and not overwrite:
+        raise CheckpointError(f"--output {out} exists; pass --overwrite to replace it")
+    if plan.workers < 0:
+        raise ConfigError(f"cluster.num_workers must be ≥ 0 (0: this process), got {plan.workers}")
+    request = plan.request
+    n = len(open_split(request))
+    started = time.perf_counter()
+    if plan.workers == 0:
+        tables = _in_process(request, n)
+    else:
+        tables = _on_ray(request, n, plan.workers, plan.address, plan.use_gpu)
+    rows = _write(tables, out, request, n)
+    seconds = time.perf_counter() - started
+    return {"rows": rows, "seconds": seconds, "items_per_s": rows / seconds, "output": str(out)}
+
+
+def _in_process(request: EmbedRequest, n: int) -> Iterator[pa.Table]:
+    embedder = EmbedItems(request, "cuda" if torch.cuda.is_available() else "cpu")
+    for start in range(0, n, request.batch_size):
+        yield embedder.embed(np.arange(start, min(start + request.batch_size, n)))
+
+
+def _on_ray(
+    request: EmbedRequest, n: int, workers: int, address: str | None, use_gpu: bool
+) -> Iterator[pa.Table]:
+    import logging
+
+    import ray.data
+
+    connect_ray(address)
+    logging.getLogger("ray.data").setLevel(logging.ERROR)  # the driver's bar shows progress
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # batches come back in index order
+    context.enable_progress_bars = False  # the driver's bar counts the rows written
+    blocks = min(n, max(4 * workers, -(-n // request.batch_size)))
+    indices = ray.data.from_numpy(np.array_split(np.arange(n, dtype=np.int64), blocks))
+    embedded = indices.map_batches(
+        EmbedItems,
+        fn_constructor_kwargs={"request": request, "device": "cuda" if use_gpu else "cpu"},
+        batch_size=request.batch_size,
+        batch_format="numpy",
+        concurrency=workers,
+        num_cpus=1,
+        num_gpus=1 if use_gpu else 0,
+    )
+    yield from embedded.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def _write(tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int) -> int:
+    """Stream ``tables`` (in index order) into ``out`` under a temporary name, renamed when
+    all ``n`` rows are there (a failure leaves no output), with a progress bar; the rows."""
+    from rich.progress import Progress
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = out.with_name(out.name + ".tmp")
+    writer, rows = None, 0
+    try:
+        with Progress() as progress:
+            task = progress.add_task(f"embed {request.split}", total=n)
+            for table in tables:
+                first = table["index"][0].as_py() if table.num_rows else rows
+                if first != rows:
+                    raise RuntimeError(f"embed: rows arrived out of order ({first} after {rows})")
+                if writer is None:
+                    metadata = {EMBED_METADATA_KEY: json.dumps(_description(request)).encode()}
+                    writer = pq.ParquetWriter(staging, table.schema.with_metadata(metadata))
+                writer.write_table(table.cast(writer.schema))
+                rows += table.num_rows
+                progress.advance(task, table.num_rows)
+        if rows != n:
+            raise RuntimeError(f"embed: {rows} rows for {n} items")
+    except BaseException:
+        if writer is not None:
+            writer.close()
+        staging.unlink(missing_ok=True)
+        raise
+    writer.close()
+    staging.replace(out)
+    return rows
+
+
+def _description(request: EmbedRequest) -> dict[str, Any]:
+    """The request as JSON-able data (the output's schema metadata)."""
+    return asdict(request)

@@ -1,0 +1,250 @@
+"""Using a trained encoder: ``raycl.load_encoder``, ``raycl embed``, ``raycl export``.
+
+A digits run trained here in the driver process (``cluster.num_workers=0``) is loaded,
+embedded and exported; each result is checked against the encoder applied plainly to the
+same items, and the exported files are loaded in a fresh Python without raycl.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from raycl import metrics
+from raycl.config import load_config
+from raycl.data import build_datasets
+from raycl.embed import EmbedPlan, embed_to_parquet, plan_for
+from raycl.encoder import best_checkpoint, load_encoder, run_checkpoints
+from raycl.errors import CheckpointError, ConfigError, DataError
+from raycl.export import export_encoder
+from raycl.runner import train
+from raycl.train import RUN_FILE, _write_checksums
+
+QUICK = [
+    "cluster.num_workers=0",
+    "epochs=2",
+    "max_steps_per_epoch=2",
+    "eval.linear_probe=false",
+    "eval.knn_k=5",
+    "model.width=8",
+]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A two-epoch digits run with a checkpoint per epoch."""
+    storage = tmp_path_factory.mktemp("runs")
+    outcome = train(load_config([*QUICK, f"storage_path={storage}", "name=digits"]))
+    return Path(outcome.path)
+
+
+def table(path: Path) -> dict[str, np.ndarray]:
+    t = pq.read_table(path)
+    columns = {name: t[name].to_numpy(zero_copy_only=False) for name in t.column_names}
+    for name in ("embedding", "projection"):
+        if name in columns:
+            columns[name] = np.stack(columns[name])
+    return columns
+
+
+def history_of(checkpoint: Path) -> dict[str, float]:
+    return json.loads((checkpoint / "history.json").read_text())["history"][-1]
+
+
+def test_the_best_checkpoint_by_the_runs_metric_is_loaded(run):
+    checkpoints = run_checkpoints(run)
+    assert [p.name for p in checkpoints] == ["epoch-00000", "epoch-00001"]
+    scores = [history_of(p)["knn_top1"] for p in checkpoints]
+    assert best_checkpoint(run) == checkpoints[int(np.argmax(scores))]  # mode max, by knn_top1
+    encoder, transform, info = load_encoder(run)
+    assert info.checkpoint == str(best_checkpoint(run).resolve())
+    assert not encoder.training
+    assert info.input_shape == [1, 8, 8] and info.config.model.width == 8
+    assert info.metrics["knn_top1"] == max(scores)
+    # the transform is the evaluation split's: a raw item becomes the split's item
+    raw = build_datasets(info.config.data).test_eval.dataset.data[3]
+    expected = build_datasets(info.config.data).test_eval[3][0]
+    torch.testing.assert_close(transform(raw), expected, rtol=0, atol=0)
+    # a checkpoint directory is taken as it is
+    _, _, latest = load_encoder(checkpoints[-1])
+    assert latest.epoch == 1 and latest.checkpoint == str(checkpoints[-1].resolve())
+
+
+def test_embed_equals_the_encoder_applied_in_process(run, tmp_path):
+    plan = plan_for(run, overrides=["cluster.num_workers=0"], head=True)
+    summary = embed_to_parquet(plan, tmp_path / "test.parquet")
+    out = table(tmp_path / "test.parquet")
+    model, _, info = load_encoder(run, with_head=True)
+    split = build_datasets(info.config.data).test_eval
+    items = torch.stack([split[i][0] for i in range(len(split))])
+    with torch.no_grad():
+        features, projection = model(items)
+    assert summary["rows"] == len(split)
+    np.testing.assert_array_equal(out["index"], np.arange(len(split)))
+    assert len(set(out["id"])) == len(split)
+    np.testing.assert_array_equal(out["label"], [split[i][1] for i in range(len(split))])
+    np.testing.assert_allclose(out["embedding"], features.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(out["projection"], projection.numpy(), rtol=0, atol=1e-6)
+    assert out["embedding"].dtype == np.float32
+    width = pq.read_schema(tmp_path / "test.parquet").field("embedding").type.list_size
+    assert width == features.shape[1] == model.out_dim
+
+
+def test_normalize_gives_unit_rows(run, tmp_path):
+    plan = plan_for(run, overrides=["cluster.num_workers=0"], normalize=True)
+    embed_to_parquet(plan, tmp_path / "unit.parquet")
+    norms = np.linalg.norm(table(tmp_path / "unit.parquet")["embedding"], axis=1)
+    np.testing.assert_allclose(norms, 1.0, atol=1e-6)
+
+
+def test_knn_from_the_parquet_equals_the_runs_knn(run, tmp_path):
+    splits = {}
+    for split in ("train", "test"):
+        plan = plan_for(run, overrides=["cluster.num_workers=0"], split=split)
+        embed_to_parquet(plan, tmp_path / f"{split}.parquet")
+        splits[split] = table(tmp_path / f"{split}.parquet")
+    config = load_encoder(run)[2].config
+    knn = metrics.knn_top1(
+        torch.tensor(splits["train"]["embedding"]),
+        torch.tensor(splits["train"]["label"]),
+        torch.tensor(splits["test"]["embedding"]),
+        torch.tensor(splits["test"]["label"]),
+        k=config.eval.knn_k,
+        temperature=config.eval.knn_temperature,
+    )
+    assert knn == pytest.approx(history_of(best_checkpoint(run))["knn_top1"], abs=1e-9)
+
+
+def test_an_existing_output_is_kept_and_nothing_is_half_written(run, tmp_path):
+    out = tmp_path / "e.parquet"
+    out.write_text("keep me")
+    plan = plan_for(run, overrides=["cluster.num_workers=0"])
+    with pytest.raises(CheckpointError, match=r"e.parquet exists; pass --overwrite"):
+        embed_to_parquet(plan, out)
+    assert out.read_text() == "keep me"
+    with pytest.raises(CheckpointError, match=r"exists; pass --overwrite"):
+        export_encoder(run, tmp_path)
+
+    bad = EmbedPlan(plan.request, workers=-1)
+    with pytest.raises(ConfigError, match=r"cluster.num_workers must be ≥ 0"):
+        embed_to_parquet(bad, tmp_path / "never.parquet", overwrite=True)
+    assert not list(tmp_path.glob("never*"))
+
+
+def test_bad_paths_checkpoints_overrides_and_shapes_are_one_line_errors(run, tmp_path):
+    with pytest.raises(CheckpointError, match=r"not a raycl run directory or checkpoint"):
+        load_encoder(tmp_path)
+    with pytest.raises(ConfigError, match=r"overrides data=…, data.\*, cluster.\* and eval"):
+        plan_for(run, overrides=["loss.temperature=0.2"])
+    with pytest.raises(DataError, match=r"items have shape \[1, 4, 4\]; the encoder takes"):
+        plan_for(run, overrides=["data=synthetic", "data.item_shape=[1,4,4]"])
+    # a checkpoint whose weights do not fit the model its config names
+    checkpoint = tmp_path / "epoch-00001"
+    subprocess.run(["cp", "-r", str(run_checkpoints(run)[-1]), str(checkpoint)], check=True)
+    record = json.loads((checkpoint / RUN_FILE).read_text())
+    record["config"]["model"]["width"] = 16
+    (checkpoint / RUN_FILE).write_text(json.dumps(record))
+    with pytest.raises(CheckpointError, match=r"does not verify"):
+        load_encoder(checkpoint)
+    _write_checksums(checkpoint, 0)  # consistent files, but the wrong model
+    with pytest.raises(CheckpointError, match=r"weights do not fit model 'small_cnn'"):
+        load_encoder(checkpoint)
+
+
+def test_the_commands_print_one_line_errors(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "raycl.cli", "embed", str(tmp_path), "--output", "x.parquet"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        f"raycl: error: {tmp_path}: not a raycl run directory or checkpoint"
+    ]
+
+
+FRESH_PROCESS = r"""
+import json, sys
+import numpy as np, torch
+from safetensors.torch import load_file
+folder, inputs, expected = sys.argv[1], sys.argv[2], sys.argv[3]
+x, want = torch.from_numpy(np.load(inputs)), np.load(expected)
+description = json.load(open(f"{folder}/encoder.json"))
+assert "raycl" not in sys.modules
+scripted = torch.jit.load(f"{folder}/encoder.torchscript.pt")
+with torch.no_grad():
+    got = {"torchscript": scripted(x).numpy()}
+if description["backbone"] == "torchvision.models.resnet18":
+    import torchvision
+    model = torchvision.models.resnet18()
+    model.conv1 = torch.nn.Conv2d(description["in_channels"], 64, 3, 1, 1, bias=False)
+    model.maxpool = torch.nn.Identity()
+    result = model.load_state_dict(load_file(f"{folder}/encoder.safetensors"), strict=False)
+    assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"], result
+    assert not result.unexpected_keys, result
+    model.fc = torch.nn.Identity()
+    with torch.no_grad():
+        got["torchvision"] = model.eval()(x).numpy()
+for name, value in got.items():
+    np.testing.assert_allclose(value, want, rtol=0, atol=1e-5, err_msg=name)
+print("ok", sorted(got))
+"""
+
+
+@pytest.mark.parametrize("model", ["small_cnn", "resnet18"])
+def test_an_export_runs_in_a_fresh_process_without_raycl(model, tmp_path):
+    overrides = ["model=resnet18", "model.cifar_stem=true"] if model == "resnet18" else []
+    storage = tmp_path / "runs"
+    quick = [*QUICK, "epochs=1", "max_steps_per_epoch=1"]
+    outcome = train(load_config([*quick, *overrides, f"storage_path={storage}", "name=r"]))
+    folder = export_encoder(outcome.path, tmp_path / "export", torchscript=True)
+    encoder, _, info = load_encoder(outcome.path)
+    x = torch.stack([build_datasets(info.config.data).test_eval[i][0] for i in range(16)])
+    with torch.no_grad():
+        want = encoder(x).numpy()
+    files = ("x.npy", "want.npy")
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "want.npy", want)
+    description = json.loads((folder / "encoder.json").read_text())
+    assert description["input_shape"] == [1, 8, 8] and description["feature_dim"] == want.shape[1]
+    done = subprocess.run(
+        [sys.executable, "-c", FRESH_PROCESS, str(folder), *(str(tmp_path / f) for f in files)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    expected = ["torchscript", "torchvision"] if model == "resnet18" else ["torchscript"]
+    assert done.stdout.strip() == f"ok {expected}"
+
+
+def test_the_pictures_of_a_run(run, tmp_path):
+    from raycl.embedding_map import plot_run
+
+    written = plot_run(run, tmp_path)
+    assert [p.name for p in written] == [
+        "embeddings-test.parquet",
+        "embedding-map.png",
+        "neighbours.png",
+    ]
+    assert all(p.stat().st_size > 10_000 for p in written[1:])
+
+
+@pytest.mark.slow
+def test_two_ray_data_workers_write_what_one_and_the_driver_write(run, tmp_path, ray_cluster):
+    tables = {}
+    for workers in (0, 1, 2):
+        plan = plan_for(run, overrides=[f"cluster.num_workers={workers}", "eval.batch_size=64"])
+        embed_to_parquet(plan, tmp_path / f"w{workers}.parquet")
+        tables[workers] = pq.read_table(tmp_path / f"w{workers}.parquet")
+    assert tables[1].equals(tables[0])
+    assert tables[2].equals(tables[1])
