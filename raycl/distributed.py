@@ -21,12 +21,17 @@ and the averaged gradient equals that of one process on the concatenated global 
 (If gradients are all-reduced with SUM instead of averaged, call backward on ``local.total``.)
 
 Every rank must run the same sequence of calls (the gathers and their backward are
-collectives); an error raised on one rank only, such as an anchor without a positive, leaves
-the others waiting until the process group's timeout.
+collectives), so an error raised on one rank only, such as an anchor without a positive,
+would leave the others waiting until the process group's timeout. :func:`distributed_loss`
+therefore runs the checks that can fail on one rank (the local batch, then the anchors against
+the gathered columns) before the collectives that depend on them, and :func:`agree_on_error`
+makes every rank raise the same error at once (one extra all-reduce of a flag per check).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -171,14 +176,52 @@ def distributed_loss(
     """
     if labels_local is not None and not loss.accepts_labels:
         raise ValueError(f"labels: {loss.name} is self-supervised and takes no labels")
-    z, structure = flatten_batch(views_local, labels_local)
     if not is_distributed(group):
+        z, structure = flatten_batch(views_local, labels_local)
         terms = loss.compute(z, structure)
         return DistributedLoss(terms.total, LossTerms(*(t.detach() for t in terms)), terms)
+    with agree_on_error(group):
+        z, structure = flatten_batch(views_local, labels_local)
     cols_z, rows, cols = gather_batch(z, structure, labels_local is not None, group)
+    with agree_on_error(group):
+        loss.check_structure(rows, cols)
     terms = loss.compute(z, rows, cols_z, cols, reduce_counts=partial(all_reduce_sum, group=group))
     global_terms = LossTerms(*all_reduce_sum(torch.stack([t.detach() for t in terms]), group))
     return DistributedLoss(terms.total * world_size(group), global_terms, terms)
+
+
+@contextmanager
+def agree_on_error(group: ProcessGroup | None = None) -> Iterator[None]:
+    """Run the block on every rank, then raise on every rank if it raised on any.
+
+    A collective: every rank must enter it. The ``ValueError`` raised on the lowest failing
+    rank is raised everywhere, its message prefixed with that rank; other exceptions pass
+    through unchanged (they are not expected to differ between ranks).
+    """
+    message = None
+    try:
+        yield
+    except ValueError as err:
+        message = str(err)
+    if not is_distributed(group):
+        if message is not None:
+            raise ValueError(message)
+        return
+    failed = torch.tensor([message is not None], dtype=torch.int32, device=_comm_device(group))
+    dist.all_reduce(failed, op=dist.ReduceOp.SUM, group=group)
+    if int(failed) == 0:
+        return
+    messages: list[str | None] = [None] * world_size(group)
+    dist.all_gather_object(messages, message, group=group)
+    first = next(r for r, m in enumerate(messages) if m is not None)
+    raise ValueError(f"rank {first} of {len(messages)}: {messages[first]}")
+
+
+def _comm_device(group: ProcessGroup | None) -> torch.device:
+    """Where small tensors for the group's collectives live (CUDA for nccl)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _all_gather_autograd(x: Tensor, group: ProcessGroup | None) -> Tensor:

@@ -342,3 +342,39 @@ def test_identity_with_world_size_one(tmp_path):
 def test_labels_for_a_self_supervised_loss_raise():
     with pytest.raises(ValueError, match="self-supervised"):
         distributed_loss(build_loss("infonce"), global_embeddings(2), LABELS)
+
+
+# -- a check that fails on one rank only: every rank raises at once, nobody waits ------------
+
+BAD_SHARD_TIMEOUT_S = 60  # the group's timeout: a hang would take this long
+
+
+def _one_bad_shard_worker(r: int, init_file: str, out_dir: str) -> None:
+    """Rank 1's shard holds an anchor whose class has no other item anywhere (no positive);
+    rank 0's shard is fine. Both ranks record what they raised and how long it took."""
+    import time
+
+    torch.set_num_threads(1)
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=r, world_size=WORLD,
+        timeout=timedelta(seconds=BAD_SHARD_TIMEOUT_S),
+    )  # fmt: skip
+    labels = torch.tensor([0, 0, 1, 1]) if r == 0 else torch.tensor([0, 1, 1, 99])
+    z = torch.randn(4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(r))
+    started = time.perf_counter()
+    try:
+        distributed_loss(build_loss("supcon"), z, labels)
+        outcome = "no error"
+    except ValueError as err:
+        outcome = str(err)
+    seconds = time.perf_counter() - started
+    dist.destroy_process_group()
+    torch.save({"error": outcome, "seconds": seconds}, Path(out_dir) / f"rank{r}.pt")
+
+
+def test_an_error_on_one_rank_is_raised_on_every_rank_at_once(tmp_path):
+    results = spawn_world(_one_bad_shard_worker, tmp_path, WORLD)
+    expected = "rank 1 of 2: supcon: 1 of 4 anchors have no positive"
+    for result in results:
+        assert result["error"].startswith(expected), result
+        assert result["seconds"] < 10, result  # agreed at once, not at the group's timeout

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+import raycl
 from raycl import metrics
 from raycl.config import load_config
 from raycl.data import build_datasets
@@ -63,7 +64,7 @@ def test_the_best_checkpoint_by_the_runs_metric_is_loaded(run):
     assert [p.name for p in checkpoints] == ["epoch-00000", "epoch-00001"]
     scores = [history_of(p)["knn_top1"] for p in checkpoints]
     assert best_checkpoint(run) == checkpoints[int(np.argmax(scores))]  # mode max, by knn_top1
-    encoder, transform, info = load_encoder(run)
+    encoder, transform, info = raycl.load_encoder(run)
     assert info.checkpoint == str(best_checkpoint(run).resolve())
     assert not encoder.training
     assert info.input_shape == [1, 8, 8] and info.config.model.width == 8

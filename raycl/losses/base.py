@@ -129,6 +129,11 @@ class ContrastiveLoss(nn.Module, ABC):
         ent_value = self.ent_scale(cols) * ent_value
         return LossTerms(pos_value + self.weight * ent_value, pos_value, ent_value)
 
+    def check_structure(self, rows: PairStructure, cols: PairStructure) -> None:
+        """Raise ValueError if the anchors ``rows`` cannot be scored against ``cols`` (e.g. an
+        anchor without a positive); called before any collective the loss makes, so that
+        data-parallel ranks can agree on it first (:func:`raycl.distributed.distributed_loss`)."""
+
     @abstractmethod
     def reductions(self) -> list[RowReduction]:
         """The row reductions this loss needs, in the order :meth:`term_sums` reads them."""

@@ -53,6 +53,9 @@ class InfoNCELoss(ContrastiveLoss):
         self.temperature = check_number("temperature", temperature, minimum=0.0, strict=True)
         self.log_mean_exp = check_bool("log_mean_exp", log_mean_exp)
 
+    def check_structure(self, rows: PairStructure, cols: PairStructure) -> None:
+        positive_counts(rows, cols, self.name)
+
     @property
     def scaled(self) -> Affine:
         """s ↦ s/τ."""
