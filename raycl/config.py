@@ -67,6 +67,9 @@ class OptimConfig:
     final_lr_fraction: float = 0.0
 
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+
+
 @dataclass
 class ClusterConfig:
     num_workers: int = 1  # 0: Ray Train local mode, in the driver process
@@ -75,6 +78,8 @@ class ClusterConfig:
     address: str | None = None  # Ray cluster address; None starts a local one
     max_failures: int = 0
     precision: str = "fp32"  # fp32 | bf16 (autocast, GPU)
+    # how Ray places the workers: PACK (fewest nodes), SPREAD, STRICT_PACK, STRICT_SPREAD
+    placement_strategy: str = "PACK"
 
 
 @dataclass
@@ -275,6 +280,11 @@ def validate(cfg: TrainConfig) -> None:
         ("cluster.num_workers", cfg.cluster.num_workers >= 0, "must be >= 0"),
         ("cluster.max_failures", cfg.cluster.max_failures >= -1, "must be >= -1"),
         ("cluster.precision", cfg.cluster.precision in ("fp32", "bf16"), "must be fp32 or bf16"),
+        (
+            "cluster.placement_strategy",
+            cfg.cluster.placement_strategy in PLACEMENT_STRATEGIES,
+            f"must be one of {list(PLACEMENT_STRATEGIES)}",
+        ),
         ("eval.knn_k", cfg.eval.knn_k >= 1, "must be >= 1"),
         (
             "optim.warmup_epochs",

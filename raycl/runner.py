@@ -110,6 +110,7 @@ def trainer_for(cfg: TrainConfig, callbacks: list | None = None):
             num_workers=cluster.num_workers,
             use_gpu=cluster.use_gpu,
             resources_per_worker={"CPU": cluster.cpus_per_worker} if cluster.num_workers else None,
+            placement_strategy=cluster.placement_strategy,
         ),
         run_config=RunConfig(
             name=cfg.name,
@@ -173,9 +174,13 @@ def _epoch_progress(cfg: TrainConfig) -> Iterator[Callable[[dict[str, Any]], Non
 def _fit_workers(cfg: TrainConfig, trainer_callbacks: list) -> tuple[str, str | None]:
     """``trainer.fit()`` in a thread while this one shows the epochs the Train controller
     queues; the run's path and its latest checkpoint's."""
+    import ray
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    reports = Queue()
+    # on the driver's node: a worker node's failure must not take the progress queue with it
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    reports = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     trainer = trainer_for(cfg, [*trainer_callbacks, _epoch_reports(reports)])
     outcome: dict[str, Any] = {}
 
