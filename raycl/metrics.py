@@ -32,6 +32,10 @@ __all__ = [
 ]
 
 
+class DegenerateEmbeddings(ValueError):
+    """Embeddings a metric is undefined for (all zeros): a collapsed encoder."""
+
+
 def _check(
     name: str,
     x: torch.Tensor,
@@ -327,6 +331,6 @@ def effective_rank(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
     sigma = torch.linalg.svdvals(x.double())
     total = sigma.sum()
     if total == 0:
-        raise ValueError("embeddings must not be all zeros")
+        raise DegenerateEmbeddings("embeddings must not be all zeros")
     p = sigma / total + eps
     return float(torch.exp(-(p * p.log()).sum()))

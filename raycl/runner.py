@@ -30,6 +30,7 @@ from raycl.errors import (
     ConfigError,
     DataError,
     RayclError,
+    TrainingDiverged,
     TrainingFailed,
     find_raycl_error,
     first_line,
@@ -303,6 +304,8 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
             path, checkpoint = _fit_in_process(cfg)
         else:
             path, checkpoint = _fit_workers(cfg, [*train_callbacks(cfg), *(callbacks or [])])
+    except TrainingDiverged as err:  # in this process: the same words as from a worker
+        raise TrainingDiverged(f"{err}; the last good checkpoint is kept") from None
     except RayclError:
         raise
     except Exception as err:

@@ -37,6 +37,7 @@ from raycl.errors import DataError, TrainingDiverged
 from raycl.evaluate import alignment_from_batch, evaluate_representation
 from raycl.gradcache import encode
 from raycl.losses import ContrastiveLoss, LossTerms, build_loss
+from raycl.metrics import DegenerateEmbeddings
 from raycl.models import build_model
 from raycl.optim import build_optimization
 from raycl.session import RayTrainSession, Session
@@ -91,6 +92,10 @@ def run_training(config: TrainConfig, session: Session) -> None:
         started, bad_before = time.perf_counter(), run.bundle.train_contrastive.skipped
         means, balance = train_epoch(run, epoch)
         trained = time.perf_counter()
+        try:
+            scores = evaluate(run, final=epoch == config.epochs - 1)
+        except TrainingDiverged as err:
+            raise TrainingDiverged(f"{err} at the evaluation after epoch {epoch}") from None
         bad = all_reduce_sum(torch.tensor([run.bundle.train_contrastive.skipped - bad_before]))
         metrics = {
             "epoch": epoch,
@@ -101,9 +106,9 @@ def run_training(config: TrainConfig, session: Session) -> None:
             "samples_per_s": run.steps * run.global_batch / (trained - started),
             **balance,
             "bad_items": int(bad[0]),
-            **evaluate(run, final=epoch == config.epochs - 1),
+            **scores,
+            "eval_seconds": time.perf_counter() - trained,
         }
-        metrics["eval_seconds"] = time.perf_counter() - trained
         run.history.append(metrics)
         _report(run, metrics, epoch)
 
@@ -224,8 +229,7 @@ def training_step(
     # (V, B, D); the loss runs in float32 at least (bf16 autocast output is promoted)
     dtype = torch.promote_types(encoded.embeddings.dtype, torch.float32)
     embeddings = encoded.embeddings.to(dtype).transpose(0, 1)
-    if not _all_finite(embeddings):
-        raise TrainingDiverged("loss became non-finite")
+    _check_embeddings(embeddings)
     if labels is not None:
         labels = labels.to(device, non_blocking=True)
     out = distributed_loss(loss_fn, embeddings, labels)
@@ -242,17 +246,20 @@ def training_step(
 def evaluate(run: TrainingRun, final: bool) -> dict[str, float]:
     """The representation's monitors on the evaluation splits (the linear probe if ``final``)."""
     settings = run.config.eval
-    return evaluate_representation(
-        run.model,
-        run.bundle.train_eval,
-        run.bundle.test_eval,
-        knn_k=settings.knn_k,
-        knn_temperature=settings.knn_temperature,
-        linear_probe=final and settings.linear_probe,
-        recall_ks=settings.recall_ks or None,
-        batch_size=settings.batch_size,
-        device=run.device,
-    )
+    try:
+        return evaluate_representation(
+            run.model,
+            run.bundle.train_eval,
+            run.bundle.test_eval,
+            knn_k=settings.knn_k,
+            knn_temperature=settings.knn_temperature,
+            linear_probe=final and settings.linear_probe,
+            recall_ks=settings.recall_ks or None,
+            batch_size=settings.batch_size,
+            device=run.device,
+        )
+    except DegenerateEmbeddings:  # every feature zero after the epoch's last update
+        raise TrainingDiverged("the embeddings collapsed to zero") from None
 
 
 # --- helpers --------------------------------------------------------------------------------
@@ -264,10 +271,15 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _all_finite(t: torch.Tensor) -> bool:
-    """Whether ``t`` is finite on every rank (all ranks agree, so they stop together)."""
-    bad = (~torch.isfinite(t)).sum().double().reshape(1)
-    return bool(all_reduce_sum(bad)[0] == 0)
+def _check_embeddings(embeddings: torch.Tensor) -> None:
+    """Stop on non-finite embeddings, or on embeddings that are zero on every rank (a
+    collapse: the loss would normalise zeros); one all-reduce, so all ranks stop together."""
+    counts = torch.stack([(~torch.isfinite(embeddings)).sum(), (embeddings != 0).sum()])
+    nonfinite, nonzero = all_reduce_sum(counts.double()).tolist()
+    if nonfinite:
+        raise TrainingDiverged("loss became non-finite")
+    if not nonzero:
+        raise TrainingDiverged("the embeddings collapsed to zero")
 
 
 def _balance_diagnostic(local_terms, weight: float, embeddings: torch.Tensor) -> dict[str, float]:

@@ -213,3 +213,34 @@ def test_an_error_inside_a_ray_worker_is_one_line_with_its_traceback_in_the_log(
     log = tmp_path / "runs" / "bad-item" / "raycl-error.log"
     assert f"(traceback: {log})" in done.stderr
     assert "Traceback" in log.read_text() and "DataError" in log.read_text()
+
+
+def test_embeddings_that_collapse_to_zero_stop_the_run_as_divergence(tmp_path):
+    done = cli("train", *IN_PROCESS, "epochs=2", "optim.lr=1e6", f"storage_path={tmp_path}")
+    one_line(done, 1, "raycl: training diverged: the embeddings collapsed to zero at the")
+    assert "after epoch 0; the last good checkpoint is kept" in done.stderr
+
+
+def test_all_zero_embeddings_in_a_step_are_divergence():
+    import torch
+
+    from raycl.errors import TrainingDiverged
+    from raycl.losses import build_loss
+    from raycl.train import training_step
+
+    class Dead(torch.nn.Module):  # a collapsed encoder: every embedding zero
+        def __init__(self) -> None:
+            super().__init__()
+            self.scale = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            z = self.scale * x.flatten(1)
+            return z, z
+
+    model = Dead()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(TrainingDiverged, match="the embeddings collapsed to zero"):
+        training_step(
+            model, torch.randn(4, 2, 3), None, build_loss("infonce"), optimizer,
+            device=torch.device("cpu"),
+        )  # fmt: skip
