@@ -287,6 +287,11 @@ def validate(cfg: TrainConfig) -> None:
         ),
         ("eval.knn_k", cfg.eval.knn_k >= 1, "must be >= 1"),
         (
+            "data.ingest",
+            cfg.data.ingest == "loader" or cfg.cluster.num_workers >= 1,
+            "ray_data needs Ray Train workers (cluster.num_workers >= 1)",
+        ),
+        (
             "optim.warmup_epochs",
             cfg.optim.warmup_epochs <= cfg.epochs,
             f"must not exceed epochs ({cfg.epochs})",

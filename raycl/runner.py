@@ -104,9 +104,15 @@ def trainer_for(cfg: TrainConfig, callbacks: list | None = None):
     from ray.train.torch import TorchTrainer
 
     cluster = cfg.cluster
+    datasets = None
+    if cfg.data.ingest == "ray_data":
+        from raycl.data.ray_ingest import contrastive_dataset
+
+        datasets = {"train": contrastive_dataset(cfg.data)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg},
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=cluster.num_workers,
             use_gpu=cluster.use_gpu,

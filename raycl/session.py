@@ -74,7 +74,13 @@ class RayTrainSession:
         return self._torch.prepare_model(model)
 
     def training_batches(self, dataset: Dataset, data: DataConfig, seed: int) -> Iterable:
-        """A ``DistributedSampler``-sharded loader of ``dataset``."""
+        """A ``DistributedSampler``-sharded loader of ``dataset``, or with
+        ``data.ingest=ray_data`` this worker's Ray Data shard of it."""
+        if data.ingest == "ray_data":
+            from raycl.data.ray_ingest import ShardBatches
+
+            shard = self._train.get_dataset_shard("train")
+            return ShardBatches(shard, data.batch_size_per_worker, len(dataset), self.world_size)
         return self._torch.prepare_data_loader(training_loader(dataset, data, seed))
 
 

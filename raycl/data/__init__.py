@@ -46,6 +46,7 @@ __all__ = [
     "TensorJitter",
     "build_datasets",
     "check_data",
+    "contrastive_augmentation",
     "digits_transform",
     "eval_transform",
     "evaluation_transform",
@@ -270,6 +271,17 @@ _PHOTO_RECIPES = {
     "sop": _IMAGENET,
     "parquet": _IMAGENET,
 }
+
+
+def contrastive_augmentation(data: DataConfig) -> MultiViewTransform:
+    """The multi-view augmentation of a photo data set's training split (``data.num_views``
+    views): what its contrastive split applies to a decoded image."""
+    check_data(data)
+    if data.name not in _PHOTO_RECIPES:
+        raise ValueError(f"data.name: {data.name!r} has no photo augmentation")
+    return MultiViewTransform(
+        _PHOTO_RECIPES[data.name].transforms(data.image_size)[0], data.num_views
+    )
 
 
 def evaluation_transform(data: DataConfig) -> Callable[[Any], torch.Tensor]:

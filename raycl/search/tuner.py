@@ -43,6 +43,8 @@ def load_tune_config(
         space_from_config(cfg)
     except ValueError as err:
         raise ConfigError(str(err)) from None
+    if cfg.data.ingest != "loader":  # a trial is one process: no Ray Train dataset shards
+        raise ConfigError("data.ingest must be loader for raycl tune, got 'ray_data'")
     return cfg
 
 
