@@ -222,6 +222,12 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return updated
 
 
+def storage_path(cfg: TrainConfig) -> str:
+    """``cfg.storage_path`` made absolute (URIs such as ``s3://`` are kept)."""
+    path = cfg.storage_path
+    return path if "://" in path else str(Path(path).expanduser().resolve())
+
+
 def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     """``["data.root=/x", "seed=3"]`` as ``{dotted key: value}`` (values read as YAML), for
     :func:`with_overrides`."""

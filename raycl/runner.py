@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raycl.config import TrainConfig, to_yaml
+from raycl.config import TrainConfig, storage_path, to_yaml
 from raycl.errors import (
     ConfigError,
     DataError,
@@ -74,12 +74,6 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, **options:
         **({} if verbose else {"include_dashboard": False}),
         **options,
     )
-
-
-def storage_path(cfg: TrainConfig) -> str:
-    """``cfg.storage_path`` made absolute (URIs such as ``s3://`` are kept)."""
-    path = cfg.storage_path
-    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def epoch_line(metrics: dict[str, float], epochs: int) -> str:

@@ -51,7 +51,9 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.train import UserCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raycl.config import ConfigError, TrainConfig, TuneRunConfig
+from raycl.config import ConfigError, TrainConfig, TuneRunConfig, storage_path
+from raycl.search.trial import training_config
+from raycl.search.trial import trial_config as config_of_trial
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +68,13 @@ def train_callbacks(cfg: TrainConfig) -> list[Any]:
     if cfg.cluster.num_workers == 0:
         logger.warning("tracking=%s: Ray Train's local mode runs no callbacks", kind)
     if kind == "tensorboard":
-        _check_tensorboard_storage(_storage(cfg))
+        _check_tensorboard_storage(storage_path(cfg))
         return [TensorBoardReports(flat_config(cfg), cfg.epochs)]
     return [MLflowReports(mlflow_tracking_uri(cfg), cfg.name, flat_config(cfg), cfg.epochs)]
 
 
 def tune_callbacks(cfg: TrainConfig) -> list[Any]:
     """Ray Tune callbacks logging every trial's metrics and config."""
-    from raycl.search.tuner import training_config
-
     kind = cfg.tracking.name
     if kind == "none":
         return []
@@ -109,8 +109,6 @@ def flat_config(cfg: Any) -> dict[str, Any]:
 
 def trial_params(base: TrainConfig, trial_config: dict[str, Any]) -> dict[str, Any]:
     """A trial's full training config, flattened: ``base`` with its searched settings."""
-    from raycl.search.tuner import trial_config as config_of_trial
-
     return flat_config(config_of_trial(base, trial_config))
 
 
@@ -123,7 +121,7 @@ def mlflow_tracking_uri(cfg: TrainConfig) -> str:
         raise ConfigError("tracking=mlflow needs MLflow: pip install 'raycl[tracking]'")
     if cfg.tracking.uri:
         return cfg.tracking.uri
-    storage = _storage(cfg)
+    storage = storage_path(cfg)
     if "://" in storage:
         raise ConfigError(
             f"tracking.uri is required with storage_path={storage} "
@@ -340,12 +338,6 @@ def log_params(client, run_id: str, params: dict[str, Any]) -> None:
     items = [Param(key, str(value)) for key, value in params.items()]
     for start in range(0, len(items), 100):
         client.log_batch(run_id, params=items[start : start + 100])
-
-
-def _storage(cfg: TrainConfig) -> str:
-    from raycl.runner import storage_path
-
-    return storage_path(cfg)
 
 
 def _check_tensorboard_storage(storage: str) -> None:

@@ -34,10 +34,7 @@ from ray.tune.search.repeater import TRIAL_INDEX
 
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher, defines_search_space
 from raycl.search.space import SearchSpace
-
-# A constant config entry every trial carries (the method's name): Tune hands a searcher its
-# metric and mode only with a non-empty param_space. Not a training setting.
-SEARCH_MARKER = "raycl_search"
+from raycl.search.trial import SEARCH_MARKER
 
 
 @dataclass(frozen=True)

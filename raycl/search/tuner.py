@@ -20,12 +20,13 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
-from raycl.config import ConfigError, TrainConfig, TuneRunConfig, load_config, with_overrides
-from raycl.runner import connect_ray, storage_path, trainer_for
-from raycl.search.methods import SEARCH_MARKER, build_search, check_search
+from raycl.config import ConfigError, TrainConfig, TuneRunConfig, load_config, storage_path
+from raycl.runner import connect_ray, trainer_for
+from raycl.search.methods import build_search, check_search
 from raycl.search.progress import SearchProgress
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
 from raycl.search.space import space_from_config
+from raycl.search.trial import SEARCH_MARKER, training_config, trial_config
 from raycl.tracking import tune_callbacks
 from raycl.train import run_training
 
@@ -57,16 +58,6 @@ class SearchOutcome:
     best_metrics: dict[str, Any]
     path: str
     searcher_path: list[dict[str, Any]] | None
-
-
-def training_config(cfg: TuneRunConfig) -> TrainConfig:
-    """The training part of a ``tune`` config (what every trial starts from)."""
-    return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
-
-
-def trial_config(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """The training config of one trial: ``base`` with the trial's dotted-key settings."""
-    return with_overrides(base, {k: v for k, v in overrides.items() if k != SEARCH_MARKER})
 
 
 def run_trial(overrides: dict[str, Any], base: TrainConfig) -> None:
