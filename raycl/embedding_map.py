@@ -78,13 +78,7 @@ def plot_map(
         axes[1].legend(
             title="label", markerscale=3, fontsize=8, loc="center left", bbox_to_anchor=(1.0, 0.5)
         )
-    fig.suptitle(title)
-    fig.tight_layout()
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return _save(fig, title, path)
 
 
 def plot_neighbours(
@@ -117,7 +111,14 @@ def plot_neighbours(
             match = "" if col == 0 else ("✓" if labels[item] == labels[q] else "✗")
             ax.set_title(f"{'query' if col == 0 else f'#{col}'} {labels[item]} {match}", fontsize=8)
             ax.axis("off")
-    fig.suptitle("nearest neighbours (cosine) of random items; label, ✓ when it matches")
+    return _save(fig, "nearest neighbours (cosine) of random items; label, ✓ when it matches", path)
+
+
+def _save(fig, title: str, path: str | Path) -> Path:
+    """Title, tighten, write the PNG (its folder made), close."""
+    import matplotlib.pyplot as plt
+
+    fig.suptitle(title)
     fig.tight_layout()
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)

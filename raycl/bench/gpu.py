@@ -95,11 +95,12 @@ DRY = Plan(
     check_size=384,
     check_block=160,
     first_batch=4,
-    max_batch=8,
+    max_batch=4,
     train_steps=1,
     chunk_size=4,
-    max_chunked_batch=16,
-    budgets={"correctness": 120, "loss": 60, "train": 120, "collectives": 60},
+    max_chunked_batch=8,
+    # bf16 autocast on a CPU without bf16 units: seconds per resnet18 step even at batch 4
+    budgets={"correctness": 120, "loss": 60, "train": 240, "collectives": 60},
     digits_steps=2,
 )
 

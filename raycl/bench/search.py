@@ -221,7 +221,9 @@ def _fraction(value: float) -> str:
     return str(Fraction(value).limit_denominator(10))
 
 
-def plot(traces: dict[str, list[Trace]], path: Path, budget_epochs: int, seed: int = 0) -> None:
+def plot(
+    traces: dict[str, list[Trace]], path: Path, budget_epochs: int, metric: str, seed: int = 0
+) -> None:
     """Median regret of the recommendation against trials and epochs, with 95 % CI bands."""
     import matplotlib
 
@@ -251,11 +253,11 @@ def plot(traces: dict[str, list[Trace]], path: Path, budget_epochs: int, seed: i
             ax.fill_between(grid, low, high, color=colour, alpha=0.2, linewidth=0)
     for ax, xlabel in zip(axes, ("trials finished", "epochs trained (all trials)"), strict=True):
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("regret of the recommendation (kNN points)")
+        ax.set_ylabel(f"regret of the recommendation ({metric} points)")
         ax.set_yscale("symlog", linthresh=1.0)
         ax.grid(alpha=0.3)
         ax.legend()
-    fig.suptitle("Balance search on the MNIST-1D landscape: median over replays, 95 % CI")
+    fig.suptitle("Balance search replayed on a landscape table: median over replays, 95 % CI")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -402,7 +404,7 @@ def main(args: argparse.Namespace) -> None:
         text += f"\n\n### Live check\n\n{live_check(landscape, methods, args, budget_epochs)}"
     if args.output:
         out = Path(args.output)
-        plot(traces, out.with_suffix(".png"), budget_epochs)
+        plot(traces, out.with_suffix(".png"), budget_epochs, landscape.metric)
         out.write_text(
             f"# raycl bench search\n\n{text}\n\n![regret]({out.with_suffix('.png').name})\n"
         )
