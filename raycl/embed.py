@@ -63,9 +63,11 @@ class EmbedRequest:
 
 @dataclass(frozen=True)
 class EmbedPlan:
-    """A request and where it runs: ``workers`` actors (0: this process) on ``address``."""
+    """A request, the size of its split and where it runs: ``workers`` actors (0: this
+    process) on ``address``."""
 
     request: EmbedRequest
+    items: int
     workers: int
     address: str | None = None
     use_gpu: bool = False
@@ -147,9 +149,9 @@ def plan_for(
     request = EmbedRequest(
         str(chosen), config.data, seed=config.seed, batch_size=config.eval.batch_size, **options
     )
-    check_fit(request)
+    items = check_fit(request)
     cluster = config.cluster
-    return EmbedPlan(request, cluster.num_workers, cluster.address, cluster.use_gpu)
+    return EmbedPlan(request, items, cluster.num_workers, cluster.address, cluster.use_gpu)
 
 
 def open_split(request: EmbedRequest) -> Any:
@@ -160,8 +162,9 @@ def open_split(request: EmbedRequest) -> Any:
     return bundle.test_eval if request.split == "test" else bundle.train_eval
 
 
-def check_fit(request: EmbedRequest) -> None:
-    """One line naming the data set when its items do not have the encoder's input shape."""
+def check_fit(request: EmbedRequest) -> int:
+    """The split's size; one line naming the data set when it is empty or its items do not
+    have the encoder's input shape."""
     from raycl.encoder import recorded_input_shape
 
     expected = recorded_input_shape(Path(request.checkpoint))
@@ -173,6 +176,7 @@ def check_fit(request: EmbedRequest) -> None:
         raise DataError(
             f"data: {request.data.name!r} items have shape {shape}; the encoder takes {expected}"
         )
+    return len(split)
 
 
 def embed_to_parquet(
@@ -185,7 +189,7 @@ def embed_to_parquet(
     if plan.workers < 0:
         raise ConfigError(f"cluster.num_workers must be ≥ 0 (0: this process), got {plan.workers}")
     request = plan.request
-    n = len(open_split(request))
+    n = plan.items
     started = time.perf_counter()
     if plan.workers == 0:
         tables = _in_process(request, n)

@@ -133,7 +133,7 @@ def test_an_existing_output_is_kept_and_nothing_is_half_written(run, tmp_path):
     with pytest.raises(CheckpointError, match=r"exists; pass --overwrite"):
         export_encoder(run, tmp_path)
 
-    bad = EmbedPlan(plan.request, workers=-1)
+    bad = EmbedPlan(plan.request, plan.items, workers=-1)
     with pytest.raises(ConfigError, match=r"cluster.num_workers must be ≥ 0"):
         embed_to_parquet(bad, tmp_path / "never.parquet", overwrite=True)
     assert not list(tmp_path.glob("never*"))
