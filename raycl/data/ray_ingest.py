@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,7 +63,8 @@ def contrastive_dataset(data: DataConfig) -> ray.data.Dataset:
     """The training split of ``data`` (Parquet) as a Ray Dataset of augmented views."""
     from raycl.data.parquet import read_ray_dataset
 
-    source = read_ray_dataset(Path(data.root or ".") / "train", include_paths=True)
+    root = str(data.root or ".").rstrip("/")  # a local path or a URI such as s3://bucket/set
+    source = read_ray_dataset(f"{root}/train", include_paths=True)
     return source.randomize_block_order().map_batches(
         decode_views,
         fn_kwargs={"data": data},
