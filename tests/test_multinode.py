@@ -79,11 +79,12 @@ def two_nodes():
     if ray.is_initialized():
         ray.shutdown()
     gcs_port = free_port()
+    previous_auth = os.environ.get("RAY_AUTH_MODE")
     nodes = [start_node(gcs_port, head=True)]
     try:
         time.sleep(3)
         nodes.append(start_node(gcs_port, head=False))
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        os.environ["RAY_AUTH_MODE"] = "disabled"  # the nodes' mode, for this driver too
         deadline = time.time() + 60
         while True:
             try:
@@ -98,6 +99,10 @@ def two_nodes():
         ray.shutdown()
         for node in reversed(nodes):
             stop(node)
+        if previous_auth is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = previous_auth
 
 
 GLOBAL = torch.randn(2, 8, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
