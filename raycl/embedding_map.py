@@ -169,10 +169,11 @@ def plot_parquet(path: str | Path, directory: str | Path) -> list[Path]:
     written = [plot_map(embeddings, labels, out / "embedding-map.png", title)]
     if "data" in description:
         from raycl.config import DataConfig
-        from raycl.data import build_datasets
+        from raycl.embed import EmbedRequest, open_split
 
-        bundle = build_datasets(DataConfig(**description["data"]), description.get("seed", 0))
-        split = bundle.test_eval if description.get("split") == "test" else bundle.train_eval
+        split = open_split(
+            EmbedRequest(**{**description, "data": DataConfig(**description["data"])})
+        )
         first = np.asarray(split[0][0])
         if is_image(first.shape):
             images = _ImagesByIndex(split)
