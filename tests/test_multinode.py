@@ -2,11 +2,15 @@
 
 They start and kill Ray nodes with ``ray start`` and join them as this process's driver; run
 inside the whole suite, the Ray and Ray Train state other modules leave in the process can
-interfere, so they get a fresh interpreter, as a user's driver would.
+interfere, so they get a fresh interpreter, as a user's driver would. Its environment leaves
+out the ``RAY_*`` variables Ray set in this process: a local cluster started by an earlier
+module sets ``RAY_AUTH_MODE=token``, which Ray reads before the cases can change it, and the
+driver then cannot start actors on the nodes, whose authentication is disabled.
 """
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -24,6 +28,7 @@ def test_two_node_cluster_cases_in_a_fresh_process(tmp_path):
         timeout=900,
         cwd=Path(__file__).resolve().parent.parent,
         check=False,
+        env={key: value for key, value in os.environ.items() if not key.startswith("RAY_")},
     )
     assert done.returncode == 0, (done.stdout + done.stderr)[-6000:]
     assert "2 passed" in done.stdout
