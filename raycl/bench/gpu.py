@@ -24,6 +24,7 @@ Results: ``results.jsonl`` (one line per measurement, written as it is taken), p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -75,6 +76,7 @@ class Plan:
     loss_families: tuple[str, ...] = ("infonce", "supcon")
     dtypes: tuple[str, ...] = ("bfloat16", "float32")
     digits_steps: int = 5
+    step_precision: str = "bf16"  # of the resnet18 steps: bf16 (autocast) | fp32
     collective_block: int = 40
     families: tuple[str, ...] = tuple(sorted(LOSSES))
 
@@ -99,9 +101,11 @@ DRY = Plan(
     train_steps=1,
     chunk_size=4,
     max_chunked_batch=8,
-    # bf16 autocast on a CPU without bf16 units: seconds per resnet18 step even at batch 4
     budgets={"correctness": 120, "loss": 60, "train": 240, "collectives": 60},
     digits_steps=2,
+    # bf16 autocast on a CPU without bf16 units costs seconds per resnet18 step even at batch
+    # 4; the digits run still takes the bf16 path
+    step_precision="fp32",
 )
 
 
@@ -243,7 +247,9 @@ def stage_train(plan: Plan, device: str, record: Recorder, out: Path) -> None:
         while batch <= limit:
             result = guarded(
                 record,
-                lambda b=batch, c=chunk_size: time_training_steps(b, plan.train_steps, device, c),
+                lambda b=batch, c=chunk_size: time_training_steps(
+                    b, plan.train_steps, device, c, plan.step_precision
+                ),
                 kind="resnet18",
                 batch=batch,
                 chunk_size=chunk_size,
@@ -278,13 +284,19 @@ def train_digits(device: str, steps: int, epochs: int = 2) -> dict:
     }
 
 
-def time_training_steps(batch: int, steps: int, device: str, chunk_size: int | None = None) -> dict:
+def time_training_steps(
+    batch: int,
+    steps: int,
+    device: str,
+    chunk_size: int | None = None,
+    precision: str = "bf16",
+) -> dict:
     """Items/s and peak memory of ``steps`` steps of the training loop's epoch function
     (encoder in one pass, or in gradient-cached chunks of ``chunk_size`` items).
 
-    resnet18 (CIFAR stem) + projection head, InfoNCE, AdamW, bf16 autocast, on one batch of
-    random 2×3×32×32 views kept on the device (data loading excluded: this times the step);
-    one untimed step first (cuDNN, allocator, optimiser state).
+    resnet18 (CIFAR stem) + projection head, InfoNCE, AdamW, ``precision`` (bf16: autocast), on
+    one batch of random 2×3×32×32 views kept on the device (data loading excluded: this times
+    the step); one untimed step first (cuDNN, allocator, optimiser state).
     """
     from raycl.config import ClusterConfig, ModelConfig, OptimConfig, StepConfig, TrainConfig
     from raycl.models import build_model
@@ -297,7 +309,7 @@ def time_training_steps(batch: int, steps: int, device: str, chunk_size: int | N
     config = TrainConfig(
         model=ModelConfig(name="resnet18", cifar_stem=True),
         optim=OptimConfig(warmup_epochs=0),
-        cluster=ClusterConfig(precision="bf16"),
+        cluster=ClusterConfig(precision=precision),
         train=StepConfig(chunk_size=chunk_size),
     )
     model = session.prepare_model(build_model(config.model, in_channels=3))
@@ -315,7 +327,11 @@ def time_training_steps(batch: int, steps: int, device: str, chunk_size: int | N
         scheduler,
         steps=0,
         global_batch=batch,
-        autocast=torch.autocast(dev.type, dtype=torch.bfloat16),
+        autocast=(
+            torch.autocast(dev.type, dtype=torch.bfloat16)
+            if precision == "bf16"
+            else contextlib.nullcontext()
+        ),
     )
 
     def epoch(n: int, index: int) -> dict[str, float]:

@@ -47,7 +47,7 @@ def report(
         "",
         *_correctness([r for r in records if r["stage"] == "correctness"], plan),
         *_loss([r for r in records if r["stage"] == "loss"], plan),
-        *_train([r for r in records if r["stage"] == "train"]),
+        *_train([r for r in records if r["stage"] == "train"], plan),
         *_collectives([r for r in records if r["stage"] == "collectives"]),
     ]
     return "\n".join(lines) + "\n"
@@ -105,7 +105,8 @@ def _targets(records, plan, peak_limit: float, ratio_limit: float, dry_run: bool
     else:
         measured = _outcome(steps[0] if steps else None)
     row(
-        "bf16 training step (resnet18, CIFAR stem) works; items/s and memory recorded",
+        f"{plan.step_precision} training step (resnet18, CIFAR stem) works; items/s and memory "
+        "recorded",
         measured,
         bool(good) if steps else None,
     )
@@ -213,7 +214,7 @@ def _peak(record: dict | None) -> str:
     return f"{record['peak_bytes'] / GB:.2f}" if record and "peak_bytes" in record else ""
 
 
-def _train(records: list[dict]) -> list[str]:
+def _train(records: list[dict], plan) -> list[str]:
     lines = ["## 3. Training", ""]
     digits = find(records, kind="digits")
     if digits is None:
@@ -228,7 +229,8 @@ def _train(records: list[dict]) -> list[str]:
         )
     lines += [
         "",
-        "resnet18 (CIFAR stem) + projection head, InfoNCE, AdamW, bf16 autocast; steps of the "
+        f"resnet18 (CIFAR stem) + projection head, InfoNCE, AdamW, {plan.step_precision}; "
+        "steps of the "
         "training loop's epoch function on random 3×32×32 views (2 per item) resident on the "
         "device; peak = allocator peak including model, optimiser state and batch.",
         "",
