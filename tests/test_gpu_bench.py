@@ -97,6 +97,7 @@ def test_worker_layers_import_and_train_without_ray_hydra_or_omegaconf(tmp_path)
     assert epoch["epoch"] == 0 and math.isfinite(epoch["loss"]) and epoch["knn_top1"] > 0
 
 
+@pytest.mark.slow  # four stage processes, ~1.5 min on two cores
 def test_gpu_script_dry_run_on_cpu(tmp_path):
     out = tmp_path / "out"
     done = subprocess.run(
