@@ -132,11 +132,6 @@ def prepare(config: TrainConfig, session: Session) -> TrainingRun:
     optimizer, scheduler = build_optimization(
         model, config.optim, global_batch, steps, config.epochs
     )
-    autocast = (
-        torch.autocast(session.device.type, dtype=torch.bfloat16)
-        if config.cluster.precision == "bf16"
-        else nullcontext()
-    )
     return TrainingRun(
         config,
         session,
@@ -148,8 +143,15 @@ def prepare(config: TrainConfig, session: Session) -> TrainingRun:
         scheduler,
         steps,
         global_batch,
-        autocast,
+        step_precision(config.cluster.precision, session.device),
     )
+
+
+def step_precision(precision: str, device: torch.device) -> AbstractContextManager:
+    """The context a training step's forward passes run in: bf16 autocast, or nothing for fp32."""
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return nullcontext()
 
 
 def train_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, float], dict[str, float]]:

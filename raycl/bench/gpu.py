@@ -24,7 +24,6 @@ Results: ``results.jsonl`` (one line per measurement, written as it is taken), p
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gc
 import json
 import os
@@ -302,7 +301,7 @@ def time_training_steps(
     from raycl.models import build_model
     from raycl.optim import build_optimization
     from raycl.session import LocalSession
-    from raycl.train import TrainingRun, train_epoch
+    from raycl.train import TrainingRun, step_precision, train_epoch
 
     dev = torch.device(device)
     session = LocalSession(dev)
@@ -327,11 +326,7 @@ def time_training_steps(
         scheduler,
         steps=0,
         global_batch=batch,
-        autocast=(
-            torch.autocast(dev.type, dtype=torch.bfloat16)
-            if precision == "bf16"
-            else contextlib.nullcontext()
-        ),
+        autocast=step_precision(config.cluster.precision, dev),
     )
 
     def epoch(n: int, index: int) -> dict[str, float]:

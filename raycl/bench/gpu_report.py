@@ -230,9 +230,9 @@ def _train(records: list[dict], plan) -> list[str]:
     lines += [
         "",
         f"resnet18 (CIFAR stem) + projection head, InfoNCE, AdamW, {plan.step_precision}; "
-        "steps of the "
-        "training loop's epoch function on random 3×32×32 views (2 per item) resident on the "
-        "device; peak = allocator peak including model, optimiser state and batch.",
+        "steps of the training loop's epoch function on random 3×32×32 views (2 per item) "
+        "resident on the device; peak = allocator peak including model, optimiser state and "
+        "batch.",
         "",
         "| batch (items) | train.chunk_size | items/s | s per step | timed steps | peak GB "
         "| loss |",
