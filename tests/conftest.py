@@ -1,8 +1,12 @@
-"""Shared test helpers: a tiny training recipe, a real local Ray cluster, a spawned process
-group whose ranks save their results; tests marked ``cuda`` skip where there is no CUDA."""
+"""Shared test helpers: a tiny training recipe, a real local Ray cluster, Ray nodes started
+with ``ray start``, a spawned process group whose ranks save their results; tests marked
+``cuda`` skip where there is no CUDA."""
 
 from __future__ import annotations
 
+import socket
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +22,36 @@ TINY_TRAINING = [
     "eval.linear_probe=false",
     "eval.knn_k=20",
 ]
+
+RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_ray_node(*options: str, env: dict[str, str]) -> subprocess.Popen:
+    """``ray start --block`` on 127.0.0.1 with ``options``, in its own session (killing its
+    group ends this node only) and with its own port for every agent, so that another Ray on
+    this machine cannot collide."""
+    command = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats"]
+    ports = [
+        f"--node-manager-port={free_port()}",
+        f"--object-manager-port={free_port()}",
+        f"--metrics-export-port={free_port()}",
+        f"--dashboard-agent-listen-port={free_port()}",
+        f"--dashboard-agent-grpc-port={free_port()}",
+        f"--runtime-env-agent-port={free_port()}",
+    ]
+    return subprocess.Popen(
+        [*command, *options, *ports],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
 
 
 def pytest_collection_modifyitems(config, items):

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,37 +21,19 @@ import pytest
 import torch
 
 from raycl.config import load_config
+from tests.conftest import free_port, start_ray_node
 
 pytestmark = pytest.mark.slow
 
-RAY = str(Path(sys.executable).parent / "ray")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def start_node(gcs_port: int, head: bool) -> subprocess.Popen:
-    """``ray start --block`` in its own session (killing it ends this node only)."""
+    """A head (``--port``) or a node joining it, one CPU, authentication disabled."""
     role = ["--head", f"--port={gcs_port}"] if head else [f"--address=127.0.0.1:{gcs_port}"]
-    ports = [
-        f"--node-manager-port={free_port()}",
-        f"--object-manager-port={free_port()}",
-        f"--metrics-export-port={free_port()}",
-        f"--dashboard-agent-listen-port={free_port()}",
-        f"--dashboard-agent-grpc-port={free_port()}",
-        f"--runtime-env-agent-port={free_port()}",
-    ]
-    return subprocess.Popen(
-        [RAY, "start", "--block", *role, "--node-ip-address=127.0.0.1", "--num-cpus=1"]
-        + ["--disable-usage-stats", *ports]
-        + (["--include-dashboard=false"] if head else []),
+    return start_ray_node(
+        *role,
+        "--num-cpus=1",
+        *(["--include-dashboard=false"] if head else []),
         env={**os.environ, "RAY_AUTH_MODE": "disabled"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
 
 

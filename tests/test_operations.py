@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,10 +15,9 @@ import pandas as pd
 import pytest
 
 from raycl.search.tuner import load_tune_config
-from tests.conftest import TINY_TRAINING
+from tests.conftest import TINY_TRAINING, free_port, start_ray_node
 
 REPO = Path(__file__).resolve().parent.parent
-RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
 
 
 def raycl(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -187,12 +185,6 @@ def finished_trials(experiment: Path) -> dict[str, dict]:
 # --- slow: raycl submit against a token-authenticated head node ---------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def head_node(tmp_path_factory):
     """A token-authenticated head node on 127.0.0.1 (``ray start --block`` in its own session,
@@ -202,34 +194,17 @@ def head_node(tmp_path_factory):
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
     # Jobs run `python -m raycl.cli ...`: the head's PATH must find this environment's python.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
-    head = subprocess.Popen(
-        [
-            RAY,
-            "start",
-            "--head",
-            "--block",
-            "--node-ip-address=127.0.0.1",
-            f"--port={free_port()}",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--disable-usage-stats",
-            # Own ports for every agent, so another Ray on this machine cannot collide.
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-        ],
+    gcs_port = free_port()
+    head = start_ray_node(
+        "--head",
+        f"--port={gcs_port}",
+        "--dashboard-host=127.0.0.1",
+        f"--dashboard-port={dashboard}",
+        "--num-cpus=2",
+        "--include-dashboard=true",
         env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
     )
     address = f"http://127.0.0.1:{dashboard}"
-    gcs_port = int(next(a for a in head.args if a.startswith("--port=")).split("=")[1])
     try:
         deadline = time.time() + 120
         while (
