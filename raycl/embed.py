@@ -34,9 +34,9 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
-from raycl.config import DataConfig
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.runner import connect_ray
+from raycl.schema import DataConfig
 
 SPLITS = ("test", "train")
 EMBED_METADATA_KEY = b"raycl.embed"

@@ -168,8 +168,8 @@ def plot_parquet(path: str | Path, directory: str | Path) -> list[Path]:
         )
     written = [plot_map(embeddings, labels, out / "embedding-map.png", title)]
     if "data" in description:
-        from raycl.config import DataConfig
         from raycl.embed import EmbedRequest, open_split
+        from raycl.schema import DataConfig
 
         split = open_split(
             EmbedRequest(**{**description, "data": DataConfig(**description["data"])})

@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from raycl.config import TrainConfig
 from raycl.errors import CheckpointError, first_line
+from raycl.schema import TrainConfig
 from raycl.train import HISTORY_FILE, RUN_FILE, STATE_FILE, verify_checkpoint
 
 

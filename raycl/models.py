@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 from torchvision import models
 
-if TYPE_CHECKING:
-    from raycl.config import ModelConfig
+from raycl.schema import ModelConfig
 
 __all__ = [
     "ENCODERS",

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raycl.config import TrainConfig, storage_path, to_yaml
+from raycl.config import storage_path, to_yaml
 from raycl.errors import (
     ConfigError,
     DataError,
@@ -37,6 +37,7 @@ from raycl.errors import (
     root_cause,
     write_traceback,
 )
+from raycl.schema import TrainConfig
 from raycl.train import HISTORY_FILE, train_loop_per_worker
 
 RUN_CONFIG_FILE = "raycl-config.yaml"

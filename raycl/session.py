@@ -13,16 +13,14 @@ import shutil
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from raycl.data import training_loader
-
-if TYPE_CHECKING:
-    from raycl.config import DataConfig
+from raycl.schema import DataConfig
 
 
 class Session(Protocol):

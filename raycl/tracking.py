@@ -51,7 +51,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.train import UserCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raycl.config import ConfigError, TrainConfig, TuneRunConfig, storage_path
+from raycl.config import ConfigError, storage_path
+from raycl.schema import TrainConfig, TuneRunConfig
 from raycl.search.trial import training_config
 from raycl.search.trial import trial_config as config_of_trial
 

@@ -30,7 +30,6 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from raycl.config import TrainConfig
 from raycl.data import DatasetBundle, build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.errors import DataError, TrainingDiverged
@@ -40,6 +39,7 @@ from raycl.losses import ContrastiveLoss, LossTerms, build_loss
 from raycl.metrics import DegenerateEmbeddings
 from raycl.models import build_model
 from raycl.optim import build_optimization
+from raycl.schema import TrainConfig
 from raycl.session import RayTrainSession, Session
 
 STATE_FILE = "state.pt"

@@ -13,7 +13,6 @@ from torch.utils.data import DataLoader
 from torchvision.datasets import CIFAR10, CIFAR100, STL10
 from torchvision.datasets.utils import calculate_md5
 
-from raycl.config import DataConfig
 from raycl.data import (
     ClassSplitImageFolder,
     DigitsDataset,
@@ -30,6 +29,7 @@ from raycl.data import (
     write_parquet_dataset,
 )
 from raycl.data.parquet import decode_image_bytes
+from raycl.schema import DataConfig
 
 RNG = np.random.default_rng(0)
 

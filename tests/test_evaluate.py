@@ -14,7 +14,6 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Subset
 
 from raycl import metrics
-from raycl.config import ModelConfig
 from raycl.data import DigitsDataset, MultiViewTransform, digits_transform
 from raycl.evaluate import (
     EvaluationReport,
@@ -26,6 +25,7 @@ from raycl.evaluate import (
     shard_bounds,
 )
 from raycl.models import build_model
+from raycl.schema import ModelConfig
 from tests.conftest import spawn_world
 
 WORLD = 2

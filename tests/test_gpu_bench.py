@@ -47,9 +47,9 @@ for name in ("ray", "hydra", "omegaconf"):
     except ImportError:
         continue
     raise SystemExit(f"{name} is importable: the blocker is not active")
-import raycl.bench.gpu, raycl.config, raycl.data, raycl.distributed, raycl.evaluate
+import raycl.bench.gpu, raycl.config, raycl.schema, raycl.data, raycl.distributed, raycl.evaluate
 import raycl.losses, raycl.metrics, raycl.models, raycl.optim, raycl.session, raycl.train
-from raycl.config import DataConfig, EvalConfig, TrainConfig
+from raycl.schema import DataConfig, EvalConfig, TrainConfig
 from raycl.session import LocalSession
 from raycl.train import run_training
 

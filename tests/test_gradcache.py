@@ -27,11 +27,11 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.nn.parallel import DistributedDataParallel
 
-from raycl.config import ModelConfig
 from raycl.distributed import distributed_loss
 from raycl.gradcache import RngState, encode
 from raycl.losses import LOSSES, build_loss
 from raycl.models import build_model
+from raycl.schema import ModelConfig
 from raycl.train import StepResult, TrainingDiverged, training_step
 from tests.conftest import spawn_world
 

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from raycl.config import ModelConfig
 from raycl.models import ContrastiveModel, ProjectionHead, SmallCNN, build_model, resnet
+from raycl.schema import ModelConfig
 
 
 def test_small_cnn_shapes() -> None:

@@ -7,7 +7,6 @@ import pytest
 import torch
 from torch import nn
 
-from raycl.config import OptimConfig
 from raycl.optim import (
     LARS,
     OPTIMIZERS,
@@ -17,6 +16,7 @@ from raycl.optim import (
     scaled_learning_rate,
     warmup_cosine,
 )
+from raycl.schema import OptimConfig
 
 
 def _param(*values, shape=None) -> nn.Parameter:

@@ -14,7 +14,7 @@ import pytest
 from ray.tune.search import Searcher
 
 from raycl.bench.replay import Landscape, replay
-from raycl.config import SearchConfig
+from raycl.schema import SearchConfig
 from raycl.search.methods import (
     METHODS,
     LatticeSearcher,
@@ -153,6 +153,7 @@ def test_repeats_wrap_optuna_methods_and_cd_repeats_itself() -> None:
         ({"method": "grid"}, r"search.method must be one of \['cd'"),
         ({"repeats": 0}, "search.repeats must be >= 1"),
         ({"noise": -1.0}, "search.noise must be >= 0 or null"),
+        ({"rounds": 0}, "search.rounds must be >= 1 or null"),
         ({"budget_trials": None, "budget_epochs": None}, "set search.budget_trials"),
     ],
 )
@@ -162,6 +163,12 @@ def test_bad_search_sections_are_one_line(settings: dict, match: str) -> None:
 
 
 # -- the landscape and its replays ------------------------------------------------------------
+
+
+def test_local_optima_of_the_landscape(landscape: Landscape) -> None:
+    optima = [key for key in landscape.curves if landscape.is_local_optimum(key)]
+    assert optima == [landscape.best_key]  # a quadratic bowl: one optimum, seed noise < steps
+    assert not landscape.is_local_optimum(landscape.start_key)
 
 
 def test_landscape_means_regret_and_gate(landscape: Landscape) -> None:
@@ -270,8 +277,17 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
         "| CD / asha | epochs |",
         "| CD / tpe | trials |",
         "CD reaches δ in ≥ 80 % of replays",
+        "Most frequent final recommendations",
+        "| final regret: 90th percentile |",
     ):
         assert row in text
+    assert text.startswith(
+        "# raycl bench search\n\n`raycl bench search "
+        f"{table} --methods cd:noise=start,eps=0 random asha tpe --replays 3 --concurrency 2 "
+        "--budget-epochs 120 --delta "
+    )
+    # CD ends on the optimum (0.25, 2, 32) in every replay: a local optimum with regret 0
+    assert "| cd:noise=start,eps=0 | 0.25, 2, 32 | 100% | 0.00 | yes |" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
     with pytest.raises(ValueError, match="colour"):
         search.main(
@@ -295,16 +311,17 @@ def table_trainable(config: dict[str, Any], landscape: Landscape) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("method", "concurrency"), [("cd", 2), ("cd", 1), ("random", 1), ("asha", 1), ("tpe", 1)]
+    ("method", "concurrency", "trials"),
+    [("cd", 2, 9), ("cd", 1, 9), ("cd", 2, 18), ("random", 1, 9), ("asha", 1, 9), ("tpe", 1, 9)],
 )
 def test_replays_decide_as_the_real_tuner_does(
-    ray_cluster, landscape, tmp_path, method, concurrency
+    ray_cluster, landscape, tmp_path, method, concurrency, trials
 ) -> None:
     """The same searcher objects make the same decisions under Tune's own executor (with
-    the table as the trainable) as in a replay: same trials, same points, same epochs."""
+    the table as the trainable) as in a replay: same trials, same points, same epochs (CD
+    with 18 trials: into its second round)."""
     from ray import tune
 
-    trials = 9
     search = search_section(method, budget_trials=trials, noise=0.0, eps=0.0)
     replayed = replay(
         landscape,

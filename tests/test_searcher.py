@@ -589,6 +589,90 @@ def test_bad_noise_is_one_line() -> None:
         searcher(log2_space([1.0]), noise=-1.0)
 
 
+# -- restart rounds ------------------------------------------------------------------------------
+
+
+def test_a_second_round_re_decides_on_means_what_one_lucky_trial_decided() -> None:
+    cd = searcher(log2_space([1.0], min_step=1.0), noise=0.0, rounds=2)
+    driver = Driver(cd, lucky).run()
+    # round 1 is plain coordinate descent and follows the lucky trial to c0 = 2
+    first = [e for e in cd.path if e["round"] == 1]
+    assert [e["config"]["c0"] for e in first if e["accepted"]] == [1.0, 2.0]
+    # round 2 re-measures that incumbent on seed 1 (mean -0.5), then c0 = 1 on seed 1 (mean 0)
+    restart = next(e for e in cd.path if e["kind"] == "restart")
+    assert restart == {**restart, "config": {"c0": 2.0}, "round": 2, "measurements": 2}
+    assert restart["metric"] == pytest.approx(-0.5)
+    assert cd.best_config == {"c0": 1.0} and cd.best_result == 0.0
+    assert all(e["measurements"] == 2 for e in cd.path if e["round"] == 2)
+    assert [c[SEED_KEY] for c in driver.suggested if c["c0"] == 2.0] == [0, 1]
+    assert max(c[SEED_KEY] for c in driver.suggested) == 1
+
+
+def test_rounds_until_the_budget_spend_every_trial_and_keep_the_optimum() -> None:
+    """On a noiseless function later rounds find nothing new: the repeated points show no
+    noise, no move is confirmed or accepted, and the budget is spent on more seeds."""
+    plain = Driver(searcher(log2_space([1.0, 1.0]), rounds=1), log2_quadratic([2.0, -1.0])).run()
+    assert len(plain.suggested) < 30
+    cd = searcher(log2_space([1.0, 1.0]), rounds=None, max_trials=60)
+    driver = Driver(cd, log2_quadratic([2.0, -1.0])).run()
+    assert len(driver.suggested) == 60
+    assert log2s(cd.best_config, 2) == pytest.approx([2.0, -1.0])
+    rounds = [e["round"] for e in cd.path]
+    assert rounds == sorted(rounds) and rounds[-1] >= 3
+    later = [e for e in cd.path if e["round"] > 1]
+    assert all(e["measurements"] == e["round"] for e in later)
+    assert not any(e["accepted"] for e in later if e["kind"] != "restart")
+    assert cd._noise_level() == 0.0
+    # a restart probes at the initial step again
+    restarted = cd.path.index(next(e for e in cd.path if e["round"] == 2))
+    probe = cd.path[restarted + 1]
+    assert probe["kind"] == "probe" and max(abs(d) for d in probe["move"].values()) == 1.0
+
+
+def test_the_noise_threshold_shrinks_with_the_measurements_of_a_round() -> None:
+    cd = searcher(log2_space([1.0]), noise=0.6, repeats=2, rounds=None, max_trials=40)
+    assert cd._noise_level() == pytest.approx(0.6 / math.sqrt(2))
+    Driver(cd, log2_quadratic([0.0])).run()
+    assert cd._state.round >= 2
+    assert cd._noise_level() == pytest.approx(0.6 / math.sqrt(2 * cd._state.round))
+
+
+@pytest.mark.parametrize("interrupt_after", [14, 22, 31, 45])
+def test_save_restore_in_a_later_round(tmp_path: Any, interrupt_after: int) -> None:
+    rng = random.Random(5)
+    values: dict[tuple, float] = {}
+
+    def noisy(config: dict[str, Any]) -> float:
+        key = tuple(sorted(config.items()))
+        if key not in values:
+            values[key] = log2_quadratic([2.0, -1.0], coupling=0.3)(config) + rng.gauss(0, 0.3)
+        return values[key]
+
+    def make() -> CoordinateDescentSearcher:
+        cd = searcher(log2_space([1.0, 1.0], min_step=0.5), rounds=3)
+        cd.set_max_concurrency(2)
+        return cd
+
+    reference = Driver(make(), noisy).run()
+    assert {e["round"] for e in reference.searcher.path} == {1, 2, 3}
+    driver = Driver(make(), noisy)
+    for _ in range(interrupt_after):
+        driver.step()
+    checkpoint = str(tmp_path / "searcher.pkl")
+    driver.searcher.save(checkpoint)
+    restored = CoordinateDescentSearcher(log2_space([4.0]), metric="other", mode="min")
+    restored.restore(checkpoint)
+    driver.searcher = restored
+    driver.run()
+    assert driver.suggested == reference.suggested
+    assert restored.path == reference.searcher.path
+
+
+def test_bad_rounds_is_one_line() -> None:
+    with pytest.raises(ValueError, match="rounds must be >= 1 or None"):
+        searcher(log2_space([1.0]), rounds=0)
+
+
 # -- on a real Ray cluster ----------------------------------------------------------------------
 
 

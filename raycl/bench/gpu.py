@@ -261,7 +261,7 @@ def stage_train(plan: Plan, device: str, record: Recorder, out: Path) -> None:
 def train_digits(device: str, steps: int, epochs: int = 2) -> dict:
     """:func:`raycl.train.run_training` on digits (small_cnn, InfoNCE, bf16 autocast) through a
     :class:`LocalSession`, from the schema's defaults: the real per-worker loop, no Ray."""
-    from raycl.config import ClusterConfig, EvalConfig, TrainConfig
+    from raycl.schema import ClusterConfig, EvalConfig, TrainConfig
     from raycl.session import LocalSession
     from raycl.train import run_training
 
@@ -297,9 +297,9 @@ def time_training_steps(
     one batch of random 2×3×32×32 views kept on the device (data loading excluded: this times
     the step); one untimed step first (cuDNN, allocator, optimiser state).
     """
-    from raycl.config import ClusterConfig, ModelConfig, OptimConfig, StepConfig, TrainConfig
     from raycl.models import build_model
     from raycl.optim import build_optimization
+    from raycl.schema import ClusterConfig, ModelConfig, OptimConfig, StepConfig, TrainConfig
     from raycl.session import LocalSession
     from raycl.train import TrainingRun, step_precision, train_epoch
 

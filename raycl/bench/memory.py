@@ -52,10 +52,10 @@ def measure_step(
 ) -> dict:
     """Peak bytes and the best wall and CPU (all threads) seconds of ``repeats`` training
     steps, in a fresh process; a step slower than a minute is not repeated."""
-    from raycl.config import ModelConfig
     from raycl.losses import build_loss
     from raycl.models import build_model
     from raycl.optim import build_optimizer
+    from raycl.schema import ModelConfig
     from raycl.train import training_step
 
     device = torch.device("cpu")

@@ -88,6 +88,16 @@ class Landscape:
         finals = [c[:, -1] for c in self.curves.values() if len(c) >= 2]
         return math.sqrt(float(np.mean([np.var(f, ddof=1) for f in finals])))
 
+    def is_local_optimum(self, key: PointKey) -> bool:
+        """No point one initial step away along one coordinate has a better table mean."""
+        point = dict(zip(self.space.names, key, strict=True))
+        moved = (self.space.move(point, name, k) for name in self.space.names for k in (1, -1))
+        return all(
+            self.sign * self.mean(self.space.key(neighbour)) <= self.sign * self.mean(key)
+            for neighbour in moved
+            if neighbour is not None
+        )
+
     def share_within(self, delta: float) -> float:
         """Share of the lattice whose table mean is within ``delta`` of the best."""
         return float(np.mean([self.regret(k) <= delta for k in self.curves]))

@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import shlex
 import statistics
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import date
 from fractions import Fraction
@@ -64,13 +66,27 @@ class Method:
     search: Any
 
 
-def method(spec: str, landscape: Landscape) -> Method:
-    """A method spec such as ``cd:noise=start,eps=0`` on the landscape's tune config."""
+def method(
+    spec: str,
+    landscape: Landscape,
+    *,
+    budget_epochs: int,
+    budget_trials: int | None,
+    concurrency: int,
+) -> Method:
+    """A method spec such as ``cd:noise=start,eps=0`` on the landscape's tune config, with the
+    benchmark's budget and concurrency (the same for every method, replayed or live)."""
     from raycl.search.tuner import load_tune_config
 
     name, _, settings = spec.partition(":")
-    overrides = [f"search={name}", f"search.metric={landscape.metric}"]
-    overrides.append(f"search.mode={landscape.mode}")
+    overrides = [
+        f"search={name}",
+        f"search.metric={landscape.metric}",
+        f"search.mode={landscape.mode}",
+        f"search.budget_epochs={budget_epochs}",
+        f"search.budget_trials={'null' if budget_trials is None else budget_trials}",
+        f"search.max_concurrent_trials={concurrency}",
+    ]
     for setting in filter(None, settings.split(",")):
         key, _, value = setting.partition("=")
         if key == "noise" and value == "start":
@@ -137,8 +153,9 @@ def summarise(
     rng = np.random.default_rng(seed)
     lines = [
         "| method | replays reaching δ | median trials to δ [95 % CI] "
-        "| median epochs to δ [95 % CI] | final regret: median (mean) | trials run (median) |",
-        "|---|---|---|---|---|---|",
+        "| median epochs to δ [95 % CI] | final regret: median (mean) "
+        "| final regret: 90th percentile | trials run (median) |",
+        "|---|---|---|---|---|---|---|",
     ]
     numbers: dict[str, Any] = {}
     for label, runs in traces.items():
@@ -154,10 +171,30 @@ def summarise(
         lines.append(
             f"| {label} | {share:.0%} | {cells[0]} | {cells[1]} "
             f"| {statistics.median(finals):.2f} ({statistics.fmean(finals):.2f}) "
+            f"| {np.quantile(finals, 0.9, method='higher'):.2f} "
             f"| {statistics.median(len(t.regret) for t in runs):g} |"
         )
     lines += ["", *_ratios(numbers, rng)]
     return "\n".join(lines), numbers
+
+
+def endpoints(traces: dict[str, list[Trace]], landscape: Landscape, top: int = 3) -> str:
+    """Where each method's replays end: its ``top`` most frequent final recommendations."""
+    lines = [
+        f"| method | final recommendation ({', '.join(landscape.space.names)}) "
+        "| share of replays | regret | local optimum (one step) |",
+        "|---|---|---|---|---|",
+    ]
+    for label, runs in traces.items():
+        counts = Counter(t.recommended for t in runs if t.recommended is not None)
+        for key, n in counts.most_common(top):
+            point = ", ".join(f"{value:g}" for value in key)
+            optimum = "yes" if landscape.is_local_optimum(key) else "no"
+            lines.append(
+                f"| {label} | {point} | {n / len(runs):.0%} | {landscape.regret(key):.2f} "
+                f"| {optimum} |"
+            )
+    return "\n".join(lines)
 
 
 def _ratios(numbers: dict[str, Any], rng: np.random.Generator) -> list[str]:
@@ -311,9 +348,6 @@ def live_check(
                 [
                     *landscape.overrides,
                     *m.overrides,
-                    f"search.budget_epochs={budget_epochs}",
-                    "search.budget_trials=null",
-                    f"search.max_concurrent_trials={args.concurrency}",
                     f"name=live-{re.sub(r'[^A-Za-z0-9]+', '-', m.label)}",
                     f"storage_path={storage}",
                 ]
@@ -338,6 +372,18 @@ def live_check(
     finally:
         ray.shutdown()
     return "\n".join(lines)
+
+
+def command_line(args: argparse.Namespace, budget_epochs: int, delta: float) -> str:
+    """The command that reproduces a report (every option spelled out)."""
+    words = ["raycl", "bench", "search", args.table, "--methods", *args.methods]
+    words += ["--replays", str(args.replays), "--concurrency", str(args.concurrency)]
+    words += ["--budget-epochs", str(budget_epochs), "--delta", f"{delta:.2f}"]
+    if args.budget_trials is not None:
+        words += ["--budget-trials", str(args.budget_trials)]
+    if args.crn:
+        words.append("--crn")
+    return shlex.join(words)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -372,7 +418,16 @@ def main(args: argparse.Namespace) -> None:
     if landscape.missing():
         raise ValueError(f"{args.table}: {landscape.missing()} lattice points have no full run")
     budget_epochs = args.budget_epochs or 40 * landscape.epochs
-    methods = [method(spec, landscape) for spec in args.methods]
+    methods = [
+        method(
+            spec,
+            landscape,
+            budget_epochs=budget_epochs,
+            budget_trials=args.budget_trials,
+            concurrency=args.concurrency,
+        )
+        for spec in args.methods
+    ]
     traces: dict[str, list[Trace]] = {m.label: [] for m in methods}
     runs = replays(
         landscape,
@@ -390,6 +445,7 @@ def main(args: argparse.Namespace) -> None:
         traces[label].append(trace)
     table, _ = summarise(traces, landscape, delta)
     header = (
+        f"`{command_line(args, budget_epochs, delta)}`\n\n"
         f"Date {date.today()}; machine: {cpu_model()}, {os.cpu_count()} cores. "
         f"Table `{args.table}` ({landscape.epochs} epochs a trial; built with overrides "
         f"`{' '.join(landscape.overrides)}`); {args.replays} replays per method, "
@@ -398,7 +454,10 @@ def main(args: argparse.Namespace) -> None:
         f"δ = {delta:.2f} points; each lookup "
         f"{'uses the replay’s seed (common random numbers)' if args.crn else 'draws a seed'}."
     )
-    text = f"{header}\n\n{gate.report()}\n\n{table}"
+    text = (
+        f"{header}\n\n{gate.report()}\n\n{table}\n\n"
+        f"Most frequent final recommendations:\n\n{endpoints(traces, landscape)}"
+    )
     print(text)
     if args.live:
         text += f"\n\n### Live check\n\n{live_check(landscape, methods, args, budget_epochs)}"

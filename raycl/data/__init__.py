@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -30,9 +30,7 @@ from raycl.data.transforms import (
     simclr_transform,
 )
 from raycl.data.vision import ClassSplitImageFolder, image_folder, open_torchvision
-
-if TYPE_CHECKING:
-    from raycl.config import DataConfig
+from raycl.schema import DataConfig
 
 __all__ = [
     "DATASETS",

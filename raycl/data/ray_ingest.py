@@ -32,7 +32,7 @@ from raycl.errors import DataError, first_line
 if TYPE_CHECKING:
     import ray.data
 
-    from raycl.config import DataConfig
+    from raycl.schema import DataConfig
 
 SHUFFLE_BUFFER_BATCHES = 4  # the local shuffle buffer holds this many batches' rows
 

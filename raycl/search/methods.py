@@ -170,6 +170,7 @@ def _cd(space: SearchSpace, search: Any, seed: int, epochs: int) -> SearchPlan:
         eps=search.eps,
         repeats=search.repeats,
         noise=search.noise,
+        rounds=search.rounds,
         max_trials=search.budget_trials,
         seed=seed,
     )
@@ -216,6 +217,7 @@ def check_search(search: Mapping[str, Any] | Any) -> None:
         ("search.repeats", search.repeats >= 1, "must be >= 1"),
         ("search.eps", search.eps >= 0, "must be >= 0"),
         ("search.noise", search.noise is None or search.noise >= 0, "must be >= 0 or null"),
+        ("search.rounds", search.rounds is None or search.rounds >= 1, "must be >= 1 or null"),
         ("search.max_concurrent_trials", search.max_concurrent_trials >= 1, "must be >= 1"),
         ("search.grace_period", search.grace_period >= 1, "must be >= 1"),
         ("search.reduction_factor", search.reduction_factor >= 2, "must be >= 2"),

@@ -7,7 +7,7 @@ sweep that moves nothing halves every step (down to ``min_step``); a sweep that 
 with every step at ``min_step`` ends the search (``Searcher.FINISHED``), and so does
 ``max_trials``. A move must beat the incumbent by more than ``eps``.
 
-Three additions to plain coordinate descent make it hold up on real, noisy landscapes:
+Four additions to plain coordinate descent make it hold up on real, noisy landscapes:
 
 * **Pattern move** (Hooke & Jeeves 1961). One-coordinate moves zig-zag along a valley that
   runs diagonally and stall where no single coordinate improves. After a sweep the searcher
@@ -22,16 +22,26 @@ Three additions to plain coordinate descent make it hold up on real, noisy lands
   than the noise is measured once more on a fresh seed before it is accepted, and is accepted
   only if the mean of its measurements still beats the incumbent by more than ``eps``: one
   lucky trial cannot steer the rest of the search. The noise is ``noise`` (the standard
-  deviation of one trial's metric across seeds) or, when None, estimated from the repeats
-  (pooled standard deviation of a point's mean); 0 turns confirmation off.
+  deviation of one trial's metric across seeds) or, when None, estimated from the points
+  measured more than once (pooled within-point standard deviation), divided by √n for a
+  mean of n; 0 turns confirmation off.
 * **No idle slots**. With ``k`` concurrent trials (Tune tells the searcher through
   ``set_max_concurrency``), an extension hands out ``x + step, …, x + k·step`` together; they
   are then judged in order, and the walk stops at the first that does not improve.
+* **Restart rounds** (retrospective approximation: Chen & Schmeiser 2001, Pasupathy 2010 —
+  a sequence of sample-path problems of growing sample size, each started from the previous
+  one's solution). Where round 1 would finish, round 2 starts the descent again from the
+  incumbent with the initial steps, and every point it compares (the incumbent first) is
+  measured ``2·repeats`` times, round ``r`` ``r·repeats`` times; a point already measured
+  only needs its missing seeds. So the budget a converged search would leave unused is
+  spent re-deciding, on means of more seeds, the comparisons that single noisy trials
+  decided, and probing again at the initial steps from where round 1 ended. ``rounds``
+  caps the rounds (1: plain coordinate descent, None: until ``max_trials`` or Tune stops).
 
 Each point is evaluated with ``repeats`` seeds (config key ``seed`` = ``seed``, ``seed + 1``,
-…; a confirmation adds the next seed) and scored by the mean of its measurements. Evaluated
-points are cached by their snapped config, so no (config, seed) is suggested twice. Errored
-trials, and results without a finite metric, score worst possible.
+…; a confirmation or a later round adds the next seeds) and scored by the mean of its
+measurements. Evaluated points are cached by their snapped config, so no (config, seed) is
+suggested twice. Errored trials, and results without a finite metric, score worst possible.
 """
 
 from __future__ import annotations
@@ -62,7 +72,7 @@ class _Candidate:
 
     point: dict[str, Any]
     key: PointKey
-    kind: str = "start"  # start | probe | extend | pattern
+    kind: str = "start"  # start | restart | probe | extend | pattern
     move: Move = field(default_factory=dict)
     cached: bool = False  # evaluated before this move asked for it
 
@@ -75,6 +85,7 @@ class _State:
     steps: dict[str, float]
     batch: list[_Candidate] = field(default_factory=list)
     phase: Phase = "start"
+    round: int = 1
     coord_index: int = 0
     sweep_start: dict[str, Any] = field(default_factory=dict)
     moved_in_sweep: bool = False
@@ -102,8 +113,12 @@ class CoordinateDescentSearcher(Searcher):
         eps: a move is accepted only if it improves the incumbent by more than this.
         repeats: trials per point, with config ``seed`` = ``seed``, ``seed + 1``, ...;
             the point's metric is their mean.
-        noise: a move that improves by no more than this is re-measured before it is
-            accepted; None estimates it from the repeats (0 when ``repeats`` is 1).
+        noise: the standard deviation of one trial's metric across seeds; a move that
+            improves by no more than ``noise / √n`` (n: measurements a point has in this
+            round) is re-measured before it is accepted. None estimates it from the points
+            measured more than once (none in round 1 when ``repeats`` is 1).
+        rounds: descents, each restarted from the previous one's incumbent with one more
+            ``repeats`` per point; None: until ``max_trials`` (or Tune) stops the search.
         max_trials: stop suggesting after this many trials.
         seed: the first seed.
         constants: fixed config entries added to every suggestion.
@@ -117,6 +132,7 @@ class CoordinateDescentSearcher(Searcher):
         eps: float = 0.0,
         repeats: int = 1,
         noise: float | None = None,
+        rounds: int | None = 1,
         max_trials: int | None = None,
         seed: int = 0,
         constants: Mapping[str, Any] | None = None,
@@ -128,6 +144,8 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"repeats must be >= 1 (got {repeats})")
         if noise is not None and not noise >= 0:
             raise ValueError(f"noise must be >= 0 or None (got {noise})")
+        if rounds is not None and rounds < 1:
+            raise ValueError(f"rounds must be >= 1 or None (got {rounds})")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1 or None (got {max_trials})")
         self._space = as_search_space(space)
@@ -138,6 +156,7 @@ class CoordinateDescentSearcher(Searcher):
         self._eps = eps
         self._repeats = repeats
         self._noise = noise
+        self._rounds = rounds
         self._max_trials = max_trials
         self._seed = seed
         self._slots = 1  # concurrent trials; Tune sets it through set_max_concurrency
@@ -166,15 +185,16 @@ class CoordinateDescentSearcher(Searcher):
         """Every decided candidate, in order.
 
         Entries: ``config``, ``metric`` (mean over its measurements; None on error), ``kind``
-        (start, probe, extend or pattern), ``move`` (``{coordinate: displacement in units}``),
-        ``measurements``, ``accepted`` and ``cached`` (served from the cache, no new trial).
+        (start, restart, probe, extend or pattern), ``move`` (``{coordinate: displacement in
+        units}``), ``measurements``, ``accepted``, ``cached`` (served from the cache, no new
+        trial) and ``round``.
         """
         return [dict(entry) for entry in self._path]
 
     @property
     def best_config(self) -> dict[str, Any] | None:
         """Best config found so far (without ``seed``); None before the start is evaluated."""
-        if self._state.phase == "start":
+        if not self._path:
             return None
         return {**self._constants, **self._state.center}
 
@@ -253,9 +273,13 @@ class CoordinateDescentSearcher(Searcher):
 
     # -- measurements ---------------------------------------------------------------------------
 
+    def _per_point(self) -> int:
+        """Measurements every point compared in this round needs."""
+        return self._repeats * self._state.round
+
     def _candidate(self, point: dict[str, Any], kind: str = "start", move: Move | None = None):
         key = self._space.key(point)
-        self._wanted.setdefault(key, self._repeats)
+        self._wanted[key] = max(self._wanted.get(key, 0), self._per_point())
         return _Candidate(point, key, kind, dict(move or {}), self._evaluated(key))
 
     def _evaluated(self, key: PointKey) -> bool:
@@ -290,24 +314,25 @@ class CoordinateDescentSearcher(Searcher):
         return mean if self._mode == "max" else -mean
 
     def _noise_level(self) -> float:
-        """``noise``, or the pooled standard deviation of a point's mean over its repeats."""
+        """The standard deviation of a mean of this round's measurements: ``noise``, or the
+        pooled within-point standard deviation of the points measured more than once, / √n."""
         if self._noise is not None:
-            return self._noise
-        if self._repeats < 2:
-            return 0.0
-        variances = [
-            statistics.variance(list(values.values())[: self._repeats])
-            for values in self._measurements.values()
-            if len(values) >= self._repeats and None not in values.values()
-        ]
-        return math.sqrt(statistics.fmean(variances) / self._repeats) if variances else 0.0
+            sigma = self._noise
+        else:
+            variances = [
+                statistics.variance(values.values())
+                for values in self._measurements.values()
+                if len(values) >= 2 and None not in values.values()
+            ]
+            sigma = math.sqrt(statistics.fmean(variances)) if variances else 0.0
+        return sigma / math.sqrt(self._per_point())
 
     def _verdict(self, candidate: _Candidate) -> Verdict:
         """Accept, confirm (measure once more) or reject ``candidate`` against the incumbent."""
         margin = self._score(candidate.key) - self._state.best_score
         if margin <= self._eps:
             return "reject"
-        confirmed = len(self._measurements[candidate.key]) > self._repeats
+        confirmed = len(self._measurements[candidate.key]) > self._per_point()
         if confirmed or margin > max(self._eps, self._noise_level()):
             return "accept"
         return "confirm"
@@ -322,6 +347,7 @@ class CoordinateDescentSearcher(Searcher):
                 "measurements": len(self._measurements[candidate.key]),
                 "accepted": accepted,
                 "cached": candidate.cached,
+                "round": self._state.round,
             }
         )
 
@@ -492,12 +518,16 @@ class CoordinateDescentSearcher(Searcher):
         return self._extend(origin, "pattern")
 
     def _start_sweep(self) -> None:
-        """Begin a sweep, halving the steps after one that moved nothing; or finish."""
+        """Begin a sweep, halving the steps after one that moved nothing; or the next round;
+        or finish."""
         state = self._state
         if not state.moved_in_sweep:
             refined = {c.name: c.refine(state.steps[c.name]) for c in self._space}
             if refined == state.steps:
-                state.phase, state.batch = "finished", []
+                if self._rounds is not None and state.round >= self._rounds:
+                    state.phase, state.batch = "finished", []
+                else:
+                    self._restart()
                 return
             state.steps = refined
         state.last_sweep_moved = state.moved_in_sweep
@@ -505,3 +535,14 @@ class CoordinateDescentSearcher(Searcher):
         state.sweep_start = dict(state.center)
         state.probe_directions = {}
         self._enter_coordinate(0)
+
+    def _restart(self) -> None:
+        """The next round: the incumbent measured again, then a descent from it at the initial
+        steps, every compared point with ``round · repeats`` measurements."""
+        state = self._state
+        state.round += 1
+        state.steps = self._space.initial_steps()
+        state.moved_in_sweep = state.last_sweep_moved = False
+        state.sweep_start = dict(state.center)
+        state.probe_directions = {}
+        state.phase, state.batch = "start", [self._candidate(state.center, "restart")]

@@ -11,7 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from raycl.config import TrainConfig, TuneRunConfig, with_overrides
+from raycl.config import with_overrides
+from raycl.schema import TrainConfig, TuneRunConfig
 
 # A constant config entry every trial carries (the method's name): Tune hands a searcher its
 # metric and mode only with a non-empty param_space. Not a training setting.

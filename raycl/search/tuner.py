@@ -20,8 +20,9 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
-from raycl.config import ConfigError, TrainConfig, TuneRunConfig, load_config, storage_path
+from raycl.config import ConfigError, load_config, storage_path
 from raycl.runner import connect_ray, trainer_for
+from raycl.schema import TrainConfig, TuneRunConfig
 from raycl.search.methods import build_search, check_search
 from raycl.search.progress import SearchProgress
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
