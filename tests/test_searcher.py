@@ -407,14 +407,29 @@ def test_finished_at_convergence_and_after_max_trials() -> None:
     assert len(driver.suggested) == 5
 
 
-@pytest.mark.parametrize("interrupt_after", [1, 2, 9, 25, 60])
-def test_save_restore_continues_identically(tmp_path: Any, interrupt_after: int) -> None:
-    def make() -> CoordinateDescentSearcher:
-        return searcher(log2_space([1.0, 1.0, 1.0]), repeats=2, eps=0.01)
+def memoised_noise(objective: Objective, sd: float, seed: int) -> Objective:
+    """``objective`` plus Gaussian noise drawn once per (config, seed): trials repeat exactly."""
+    rng = random.Random(seed)
+    values: dict[tuple, float] = {}
 
-    objective = log2_quadratic([2.5, -1.0, 0.5], coupling=0.3)
+    def noisy(config: dict[str, Any]) -> float:
+        key = tuple(sorted(config.items()))
+        if key not in values:
+            values[key] = objective(config) + rng.gauss(0.0, sd)
+        return values[key]
+
+    return noisy
+
+
+def assert_restored_search_continues(
+    make: Callable[[], CoordinateDescentSearcher],
+    objective: Objective,
+    interrupt_after: int,
+    tmp_path: Any,
+) -> Driver:
+    """Saved after ``interrupt_after`` steps and restored into a fresh searcher, the search
+    suggests and decides exactly what an uninterrupted one does; returns that reference."""
     reference = Driver(make(), objective).run()
-
     driver = Driver(make(), objective)
     for _ in range(interrupt_after):
         driver.step()
@@ -428,6 +443,16 @@ def test_save_restore_continues_identically(tmp_path: Any, interrupt_after: int)
     assert driver.suggested == reference.suggested
     assert restored.path == reference.searcher.path
     assert restored.best_config == reference.searcher.best_config
+    return reference
+
+
+@pytest.mark.parametrize("interrupt_after", [1, 2, 9, 25, 60])
+def test_save_restore_continues_identically(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        return searcher(log2_space([1.0, 1.0, 1.0]), repeats=2, eps=0.01)
+
+    objective = log2_quadratic([2.5, -1.0, 0.5], coupling=0.3)
+    assert_restored_search_continues(make, objective, interrupt_after, tmp_path)
 
 
 def test_set_search_properties_and_constants() -> None:
@@ -552,36 +577,17 @@ def test_extensions_fill_every_concurrent_slot() -> None:
     assert (up["c0"], down["c0"]) == (2.0, 0.5)
 
 
-@pytest.mark.parametrize("interrupt_after", [1, 4, 11, 23, 40])
+@pytest.mark.parametrize("interrupt_after", [1, 4, 11, 23, 29])
 def test_save_restore_mid_pattern_and_confirmation(tmp_path: Any, interrupt_after: int) -> None:
-    rng = random.Random(3)
-    values: dict[tuple, float] = {}
-
-    def noisy_ridge(config: dict[str, Any]) -> float:
-        key = tuple(sorted(config.items()))
-        if key not in values:  # the same (config, seed) always gives the same value
-            values[key] = diagonal_ridge(3.0)(config) + rng.gauss(0.0, 0.05)
-        return values[key]
-
     def make() -> CoordinateDescentSearcher:
         cd = searcher(log2_space([1.0, 1.0], min_step=0.5), noise=0.5)
         cd.set_max_concurrency(2)
         return cd
 
-    reference = Driver(make(), noisy_ridge).run()
+    noisy_ridge = memoised_noise(diagonal_ridge(3.0), sd=0.05, seed=3)
+    reference = assert_restored_search_continues(make, noisy_ridge, interrupt_after, tmp_path)
     assert "pattern" in {e["kind"] for e in reference.searcher.path}
     assert any(e["measurements"] > 1 for e in reference.searcher.path)  # a confirmation
-    driver = Driver(make(), noisy_ridge)
-    for _ in range(interrupt_after):
-        driver.step()
-    checkpoint = str(tmp_path / "searcher.pkl")
-    driver.searcher.save(checkpoint)
-    restored = CoordinateDescentSearcher(log2_space([4.0]), metric="other", mode="min")
-    restored.restore(checkpoint)
-    driver.searcher = restored
-    driver.run()
-    assert driver.suggested == reference.suggested
-    assert restored.path == reference.searcher.path
 
 
 def test_bad_noise_is_one_line() -> None:
@@ -639,33 +645,36 @@ def test_the_noise_threshold_shrinks_with_the_measurements_of_a_round() -> None:
 
 @pytest.mark.parametrize("interrupt_after", [14, 22, 31, 45])
 def test_save_restore_in_a_later_round(tmp_path: Any, interrupt_after: int) -> None:
-    rng = random.Random(5)
-    values: dict[tuple, float] = {}
-
-    def noisy(config: dict[str, Any]) -> float:
-        key = tuple(sorted(config.items()))
-        if key not in values:
-            values[key] = log2_quadratic([2.0, -1.0], coupling=0.3)(config) + rng.gauss(0, 0.3)
-        return values[key]
-
     def make() -> CoordinateDescentSearcher:
         cd = searcher(log2_space([1.0, 1.0], min_step=0.5), rounds=3)
         cd.set_max_concurrency(2)
         return cd
 
-    reference = Driver(make(), noisy).run()
+    noisy = memoised_noise(log2_quadratic([2.0, -1.0], coupling=0.3), sd=0.3, seed=5)
+    reference = assert_restored_search_continues(make, noisy, interrupt_after, tmp_path)
     assert {e["round"] for e in reference.searcher.path} == {1, 2, 3}
-    driver = Driver(make(), noisy)
-    for _ in range(interrupt_after):
-        driver.step()
-    checkpoint = str(tmp_path / "searcher.pkl")
-    driver.searcher.save(checkpoint)
-    restored = CoordinateDescentSearcher(log2_space([4.0]), metric="other", mode="min")
-    restored.restore(checkpoint)
-    driver.searcher = restored
-    driver.run()
-    assert driver.suggested == reference.suggested
-    assert restored.path == reference.searcher.path
+
+
+def test_later_rounds_do_not_retry_a_point_that_errored() -> None:
+    space = SearchSpace.from_dict(
+        {"batch": {"scale": "categorical", "values": [4096, 128, 256], "start": 128}}
+    )
+    cd = searcher(space, rounds=None, max_trials=12)
+    driver = Driver(cd, lambda c: None if c["batch"] == 4096 else -abs(c["batch"] - 128)).run()
+    assert len(driver.suggested) == 12
+    assert [c[SEED_KEY] for c in driver.suggested if c["batch"] == 4096] == [0]
+    assert [c[SEED_KEY] for c in driver.suggested if c["batch"] == 256] == [0, 1, 2, 3, 4]
+    assert cd.best_config == {"batch": 128} and cd._state.round == 6
+
+
+def test_a_search_whose_every_trial_errors_ends() -> None:
+    """An errored probe never beats an errored incumbent (it once tied and walked forever);
+    with nothing measurable there is no round to restart."""
+    for rounds in (1, None):
+        cd = searcher(log2_space([1.0]), rounds=rounds)
+        driver = Driver(cd, lambda config: None).run(max_steps=100)
+        assert cd.best_result is None and cd.best_config == {"c0": 1.0}
+        assert len(driver.suggested) == 1 + 3 * 2  # the start, two probes at each of 3 steps
 
 
 def test_bad_rounds_is_one_line() -> None:

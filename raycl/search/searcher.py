@@ -33,10 +33,11 @@ Four additions to plain coordinate descent make it hold up on real, noisy landsc
   one's solution). Where round 1 would finish, round 2 starts the descent again from the
   incumbent with the initial steps, and every point it compares (the incumbent first) is
   measured ``2·repeats`` times, round ``r`` ``r·repeats`` times; a point already measured
-  only needs its missing seeds. So the budget a converged search would leave unused is
-  spent re-deciding, on means of more seeds, the comparisons that single noisy trials
-  decided, and probing again at the initial steps from where round 1 ended. ``rounds``
-  caps the rounds (1: plain coordinate descent, None: until ``max_trials`` or Tune stops).
+  only needs its missing seeds, and one whose trial errored gets none. So the budget a
+  converged search would leave unused is spent re-deciding, on means of more seeds, the
+  comparisons that single noisy trials decided, and probing again at the initial steps from
+  where round 1 ended. ``rounds`` caps the rounds (1: plain coordinate descent, None: until
+  ``max_trials`` or Tune stops; a search whose every trial errored ends anyway).
 
 Each point is evaluated with ``repeats`` seeds (config key ``seed`` = ``seed``, ``seed + 1``,
 …; a confirmation or a later round adds the next seeds) and scored by the mean of its
@@ -279,8 +280,12 @@ class CoordinateDescentSearcher(Searcher):
 
     def _candidate(self, point: dict[str, Any], kind: str = "start", move: Move | None = None):
         key = self._space.key(point)
-        self._wanted[key] = max(self._wanted.get(key, 0), self._per_point())
+        if key not in self._wanted or not self._errored(key):  # no more seeds for a crash
+            self._wanted[key] = max(self._wanted.get(key, 0), self._per_point())
         return _Candidate(point, key, kind, dict(move or {}), self._evaluated(key))
+
+    def _errored(self, key: PointKey) -> bool:
+        return None in self._measurements.get(key, {}).values()
 
     def _evaluated(self, key: PointKey) -> bool:
         return len(self._measurements.get(key, {})) >= self._wanted[key]
@@ -329,8 +334,9 @@ class CoordinateDescentSearcher(Searcher):
 
     def _verdict(self, candidate: _Candidate) -> Verdict:
         """Accept, confirm (measure once more) or reject ``candidate`` against the incumbent."""
-        margin = self._score(candidate.key) - self._state.best_score
-        if margin <= self._eps:
+        score = self._score(candidate.key)
+        margin = score - self._state.best_score
+        if score == -math.inf or margin <= self._eps:  # an error never wins, not even a tie
             return "reject"
         confirmed = len(self._measurements[candidate.key]) > self._per_point()
         if confirmed or margin > max(self._eps, self._noise_level()):
@@ -524,7 +530,8 @@ class CoordinateDescentSearcher(Searcher):
         if not state.moved_in_sweep:
             refined = {c.name: c.refine(state.steps[c.name]) for c in self._space}
             if refined == state.steps:
-                if self._rounds is not None and state.round >= self._rounds:
+                last = self._rounds is not None and state.round >= self._rounds
+                if last or state.best_score == -math.inf:  # nothing measurable to restart from
                     state.phase, state.batch = "finished", []
                 else:
                     self._restart()
