@@ -280,7 +280,7 @@ class CoordinateDescentSearcher(Searcher):
 
     def _candidate(self, point: dict[str, Any], kind: str = "start", move: Move | None = None):
         key = self._space.key(point)
-        if key not in self._wanted or not self._errored(key):  # no more seeds for a crash
+        if not self._errored(key):  # a point whose trial errored gets no more seeds
             self._wanted[key] = max(self._wanted.get(key, 0), self._per_point())
         return _Candidate(point, key, kind, dict(move or {}), self._evaluated(key))
 
@@ -537,11 +537,15 @@ class CoordinateDescentSearcher(Searcher):
                     self._restart()
                 return
             state.steps = refined
-        state.last_sweep_moved = state.moved_in_sweep
-        state.moved_in_sweep = False
+        self._reset_sweep(last_sweep_moved=state.moved_in_sweep)
+        self._enter_coordinate(0)
+
+    def _reset_sweep(self, last_sweep_moved: bool) -> None:
+        """A sweep begins at the incumbent: nothing moved in it yet, no probe direction known."""
+        state = self._state
+        state.last_sweep_moved, state.moved_in_sweep = last_sweep_moved, False
         state.sweep_start = dict(state.center)
         state.probe_directions = {}
-        self._enter_coordinate(0)
 
     def _restart(self) -> None:
         """The next round: the incumbent measured again, then a descent from it at the initial
@@ -549,7 +553,5 @@ class CoordinateDescentSearcher(Searcher):
         state = self._state
         state.round += 1
         state.steps = self._space.initial_steps()
-        state.moved_in_sweep = state.last_sweep_moved = False
-        state.sweep_start = dict(state.center)
-        state.probe_directions = {}
+        self._reset_sweep(last_sweep_moved=False)
         state.phase, state.batch = "start", [self._candidate(state.center, "restart")]
