@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -13,6 +14,8 @@ import pandas as pd
 import pytest
 from ray.tune.search import Searcher
 
+import raycl
+from raycl.bench.measure import code_version
 from raycl.bench.replay import Landscape, replay
 from raycl.schema import SearchConfig
 from raycl.search.methods import (
@@ -279,6 +282,8 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
         "CD reaches δ in ≥ 80 % of replays",
         "Most frequent final recommendations",
         "| final regret: 90th percentile |",
+        "Landscape shape: seed SD pooled σ",
+        "| loss.temperature | 12.",  # 3u² over u = 1..−2 (noise 0.3 moves the marginal means)
     ):
         assert row in text
     assert text.startswith(
@@ -295,6 +300,28 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
                 ["bench", "search", str(table), "--replays", "1", "--methods", "cd:colour=red"]
             )
         )
+
+
+def test_runs_by_code_counts_runs_not_rows() -> None:
+    from raycl.bench.landscape import runs_by_code
+
+    old = quadratic_table(seeds=1)  # 60 runs of 3 epochs from before the column existed
+    new = quadratic_table(seeds=2).query("seed == 1").assign(code="abc123")
+    table = pd.concat([old, new, new.head(3).assign(seed=2, code="def456")])
+    assert runs_by_code(table, METADATA) == "60 unrecorded, 60 by abc123, 1 by def456"
+    assert runs_by_code(pd.DataFrame(), METADATA) == "none"
+
+
+def test_code_version_names_the_commit_or_the_release(monkeypatch) -> None:
+    import subprocess
+
+    assert re.fullmatch(r"[0-9a-f]{12}(\+dirty)?", code_version())
+
+    def no_git(*args, **kwargs):
+        raise OSError("git: not found")
+
+    monkeypatch.setattr(subprocess, "run", no_git)
+    assert code_version() == f"raycl {raycl.__version__}"
 
 
 # -- replays against the real Tune executor (slow) --------------------------------------------
@@ -372,9 +399,9 @@ def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> Non
         "eval.knn_k=20",
         "data.batch_size_per_worker=64",
     ]
-    raycl = [sys.executable, "-m", "raycl.cli"]
+    cli = [sys.executable, "-m", "raycl.cli"]
     built = subprocess.run(
-        [*raycl, "bench", "landscape", "--seeds", "2", "--output", str(table), *space],
+        [*cli, "bench", "landscape", "--seeds", "2", "--output", str(table), *space],
         capture_output=True,
         text=True,
         timeout=600,
@@ -385,17 +412,19 @@ def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> Non
     assert len(frame) == 2 * 2 * 2 * 2  # points × seeds × epochs
     assert set(frame["seed"]) == {0, 1} and set(frame["epoch"]) == {1, 2}
     again = subprocess.run(  # --resume: nothing left to train
-        [*raycl, "bench", "landscape", "--seeds", "2", "--output", str(table), "--resume", *space],
+        [*cli, "bench", "landscape", "--seeds", "2", "--output", str(table), "--resume", *space],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
-    assert "8 runs done, 0 to train" in again.stdout
+    code = code_version()
+    assert set(frame["code"]) == {code}
+    assert f"8 runs done (8 by {code}), 0 to train" in again.stdout
     report = tmp_path / "search.md"
     searched = subprocess.run(
         [
-            *raycl,
+            *cli,
             "bench",
             "search",
             str(table),
@@ -420,3 +449,4 @@ def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> Non
     assert searched.returncode == 0, searched.stderr[-2000:]
     text = report.read_text()
     assert "### Live check" in text and "| cd |" in text and "| random |" in text
+    assert f"runs: 8 by {code})" in text

@@ -13,8 +13,10 @@ lattice with its first seeds.
 
 The table has one row per (configuration, seed, epoch): the searched keys as columns, then
 ``seed``, ``epoch`` (1-based: Tune's ``training_iteration``), the reported metrics and
-``run_seconds`` (the run's wall time in its actor). Its schema metadata holds the overrides,
-the space and how it was built.
+``run_seconds`` (the run's wall time in its actor) and ``code``, the commit that trained it
+(:func:`raycl.bench.measure.code_version`): a table built in pieces over sessions says which
+code built which runs, since a change to the training code moves a (point, seed)'s numbers.
+Its schema metadata holds the overrides, the space and how it was built.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 
 import pandas as pd
 
-from raycl.bench.measure import cpu_model
+from raycl.bench.measure import code_version, cpu_model
 
 METADATA_KEY = b"raycl.landscape"
 
@@ -71,8 +73,8 @@ def _train_run(base: Any, point: dict[str, Any], seed: int) -> dict[str, Any]:
     }
 
 
-def rows_of(run: dict[str, Any]) -> list[dict[str, Any]]:
-    """The table rows of one finished run (one per epoch)."""
+def rows_of(run: dict[str, Any], code: str) -> list[dict[str, Any]]:
+    """The table rows of one finished run (one per epoch), trained by ``code``."""
     return [
         {
             **run["point"],
@@ -80,6 +82,7 @@ def rows_of(run: dict[str, Any]) -> list[dict[str, Any]]:
             **{k: v for k, v in report.items() if isinstance(v, int | float)},
             "epoch": int(report["epoch"]) + 1,
             "run_seconds": run["run_seconds"],
+            "code": code,
         }
         for report in run["reports"]
     ]
@@ -105,6 +108,18 @@ def write_table(rows: list[dict[str, Any]], output: Path, metadata: dict[str, An
     tmp = output.with_name(output.name + ".tmp")
     pq.write_table(table, tmp)
     tmp.replace(output)
+
+
+def runs_by_code(table: pd.DataFrame, metadata: dict[str, Any]) -> str:
+    """How many runs of ``table`` each code version trained, e.g. ``"3 by abc, 1 unrecorded"``."""
+    if table.empty:
+        return "none"
+    codes = table.get("code", pd.Series(index=table.index, dtype=object)).fillna("unrecorded")
+    runs = codes.groupby([table[name] for name in [*metadata["space"], "seed"]]).first()
+    return ", ".join(
+        f"{n} {'unrecorded' if code == 'unrecorded' else f'by {code}'}"
+        for code, n in runs.value_counts().items()
+    )
 
 
 def read_table(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
@@ -157,7 +172,11 @@ def run(args: argparse.Namespace) -> Path:
     todo = [
         (p, s) for p, s in jobs(cfg, args.seeds) if (json.dumps(p, sort_keys=True), s) not in done
     ]
-    print(f"landscape: {len(done)} runs done, {len(todo)} to train on {args.workers} actors")
+    code = code_version()
+    print(
+        f"landscape: {len(done)} runs done ({runs_by_code(pd.DataFrame(rows), metadata)}), "
+        f"{len(todo)} to train on {args.workers} actors with code {code}"
+    )
     if todo:
         connect_ray(args.address)
         trainer = ray.remote(num_cpus=1)(_Trainer)
@@ -173,7 +192,7 @@ def run(args: argparse.Namespace) -> Path:
             task = progress.add_task("landscape", total=len(todo))
             runs = pool.map_unordered(lambda a, job: a.train.remote(base, *job), todo)
             for finished, result in enumerate(runs, 1):
-                new = rows_of(result)
+                new = rows_of(result, code)
                 partial.write(json.dumps(new) + "\n")
                 partial.flush()
                 rows += new

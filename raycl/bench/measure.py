@@ -33,6 +33,30 @@ def cpu_model() -> str:
     return platform.machine()
 
 
+def code_version() -> str:
+    """The git commit raycl runs from, ``+dirty`` when its package files have uncommitted
+    changes; ``raycl <version>`` outside a git checkout (for tables trained over sessions)."""
+    import raycl
+
+    package = Path(raycl.__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(package), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        changed = subprocess.run(
+            ["git", "-C", str(package), "status", "--porcelain", "--", "."],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return f"raycl {raycl.__version__}"
+    return commit + ("+dirty" if changed else "")
+
+
 def available_bytes(device: torch.device) -> int:
     """Memory a new allocation can still get: the GPU's total, or the host's MemAvailable."""
     if device.type == "cuda":

@@ -2,7 +2,8 @@
 
 Replays (:mod:`raycl.bench.replay`) run each method ``--replays`` times on a table written by
 ``raycl bench landscape``, with the same start, budget and concurrency. Before anything else
-the landscape's *gate* says whether it can decide at all (:class:`raycl.bench.replay.Gate`).
+the landscape's *gate* says whether it can decide at all (:class:`raycl.bench.replay.Gate`),
+and its *shape* why (:mod:`raycl.bench.shape`: noise, main effects, a quadratic fit).
 Then, per method: the share of replays whose recommendation came within ``δ`` of the best
 table mean (δ = the pooled seed SD σ unless ``--delta``), the median trials and epochs until
 it did with bootstrap 95 % confidence intervals, the regret of the final recommendation, and
@@ -35,6 +36,7 @@ import numpy as np
 
 from raycl.bench.measure import cpu_model
 from raycl.bench.replay import Landscape, Trace, replays
+from raycl.bench.shape import landscape_shape, shape_report
 
 
 @dataclass(frozen=True)
@@ -409,12 +411,14 @@ def main(args: argparse.Namespace) -> None:
     """Gate, replays, report."""
     from rich.progress import track
 
-    from raycl.bench.landscape import read_table
+    from raycl.bench.landscape import read_table, runs_by_code
 
-    landscape = Landscape.from_table(*read_table(args.table))
+    rows, metadata = read_table(args.table)
+    landscape = Landscape.from_table(rows, metadata)
     delta = args.delta if args.delta is not None else landscape.sigma
     gate = landscape.gate(delta)
-    print(gate.report(), flush=True)
+    shape = shape_report(landscape_shape(landscape, deltas=(0.5, 1.0, delta)))
+    print(f"{gate.report()}\n\n{shape}", flush=True)
     if landscape.missing():
         raise ValueError(f"{args.table}: {landscape.missing()} lattice points have no full run")
     budget_epochs = args.budget_epochs or 40 * landscape.epochs
@@ -448,14 +452,15 @@ def main(args: argparse.Namespace) -> None:
         f"`{command_line(args, budget_epochs, delta)}`\n\n"
         f"Date {date.today()}; machine: {cpu_model()}, {os.cpu_count()} cores. "
         f"Table `{args.table}` ({landscape.epochs} epochs a trial; built with overrides "
-        f"`{' '.join(landscape.overrides)}`); {args.replays} replays per method, "
+        f"`{' '.join(landscape.overrides)}`; runs: {runs_by_code(rows, metadata)}); "
+        f"{args.replays} replays per method, "
         f"{args.concurrency} trials in flight, budget {budget_epochs} epochs"
         f"{f' / {args.budget_trials} trials' if args.budget_trials else ''}; "
         f"δ = {delta:.2f} points; each lookup "
         f"{'uses the replay’s seed (common random numbers)' if args.crn else 'draws a seed'}."
     )
     text = (
-        f"{header}\n\n{gate.report()}\n\n{table}\n\n"
+        f"{header}\n\n{gate.report()}\n\n{shape}\n\n{table}\n\n"
         f"Most frequent final recommendations:\n\n{endpoints(traces, landscape)}"
     )
     print(text)

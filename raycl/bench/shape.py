@@ -1,0 +1,116 @@
+"""The shape of a landscape table: how much each coordinate matters, and a quadratic fit.
+
+The gate (:class:`raycl.bench.replay.Gate`) says whether a table can decide between search
+methods; the shape says why. Positions are counted in initial steps from the start along
+each numeric coordinate, ``u_i = (unit(x_i) − unit(start_i)) / step_i`` (the moves coordinate
+descent makes first), and a least-squares fit over every point's table mean
+
+    f(u) ≈ c + gᵀu + ½ uᵀHu
+
+gives each coordinate's curvature ``H_ii`` (points per step², negative around a maximum), the
+coupling ``ρ_ij = H_ij / √(H_ii H_jj)`` of two coordinates (``|ρ|`` near 1: a ridge that
+one-coordinate moves cannot follow) and ``R²`` (how much of the table a quadratic explains).
+A coordinate's *main effect* is the range of its marginal means: at each of its values, the
+mean over every other coordinate. A flat coordinate (main effect within the seed noise) makes
+the region near the best as many times larger as it has values, which is what fails a gate.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+
+import numpy as np
+
+from raycl.bench.replay import Landscape
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Noise, target sizes, main effects and the quadratic fit of one landscape."""
+
+    names: list[str]  # every coordinate, in search order
+    main_effects: dict[str, float]  # range of the marginal means, in metric points
+    fitted: list[str]  # the numeric coordinates the quadratic uses
+    curvature: dict[str, float]  # H_ii
+    coupling: dict[tuple[str, str], float]  # ρ_ij (nan unless H_ii·H_jj > 0)
+    r2: float
+    sigma: float  # pooled seed SD (the gate's σ)
+    median_sd: float  # the median point's seed SD
+    best_sd: float  # the best point's seed SD
+    shares: dict[float, float]  # δ -> share of the lattice within δ of the best
+
+
+def landscape_shape(landscape: Landscape, deltas: tuple[float, ...] = (0.5, 1.0)) -> Shape:
+    """The shape of ``landscape`` (module docstring); ``shares`` also holds δ = σ."""
+    space, keys = landscape.space, list(landscape.curves)
+    means = np.array([landscape.mean(k) for k in keys])
+    main_effects = {}
+    for i, name in enumerate(space.names):
+        marginal = [means[[k[i] == v for k in keys]].mean() for v in sorted({k[i] for k in keys})]
+        main_effects[name] = float(max(marginal) - min(marginal))
+    fitted = [c.name for c in space if c.scale != "categorical"]
+    u = np.array([_steps_from_start(landscape, fitted, k) for k in keys]).reshape(
+        len(keys), len(fitted)
+    )
+    pairs = list(itertools.combinations(range(len(fitted)), 2))
+    design = np.column_stack(
+        [np.ones(len(keys)), u]
+        + [0.5 * u[:, i] ** 2 for i in range(len(fitted))]
+        + [u[:, i] * u[:, j] for i, j in pairs]
+    )
+    coef, *_ = np.linalg.lstsq(design, means, rcond=None)
+    residual = means - design @ coef
+    spread = float(((means - means.mean()) ** 2).sum())
+    diagonal = coef[1 + len(fitted) : 1 + 2 * len(fitted)]
+    coupling = {}
+    for (i, j), h in zip(pairs, coef[1 + 2 * len(fitted) :], strict=True):
+        scale = np.sqrt(diagonal[i] * diagonal[j]) if diagonal[i] * diagonal[j] > 0 else 0.0
+        coupling[(fitted[i], fitted[j])] = float(h / scale) if scale else float("nan")
+    sds = [c[:, -1].std(ddof=1) for c in landscape.curves.values() if len(c) >= 2]
+    best = landscape.curves[landscape.best_key][:, -1]
+    sigma = landscape.sigma
+    return Shape(
+        names=space.names,
+        main_effects=main_effects,
+        fitted=fitted,
+        curvature={n: float(h) for n, h in zip(fitted, diagonal, strict=True)},
+        coupling=coupling,
+        r2=1.0 - float((residual**2).sum()) / spread if spread else 1.0,
+        sigma=sigma,
+        median_sd=float(np.median(sds)),
+        best_sd=float(best.std(ddof=1)) if len(best) >= 2 else float("nan"),
+        shares={d: landscape.share_within(d) for d in sorted({*deltas, sigma})},
+    )
+
+
+def _steps_from_start(landscape: Landscape, names: list[str], key: tuple) -> list[float]:
+    """Where the point ``key`` lies along ``names``, in initial steps from the start."""
+    point = dict(zip(landscape.space.names, key, strict=True))
+    coordinates = [landscape.space[n] for n in names]
+    return [(c.to_unit(point[c.name]) - c.to_unit(c.start)) / c.step for c in coordinates]
+
+
+def shape_report(shape: Shape) -> str:
+    """The shape as markdown: noise and target sizes, then one row per coordinate."""
+    shares = ", ".join(f"{share:.1%} within {d:.2f}" for d, share in shape.shares.items())
+    lines = [
+        f"Landscape shape: seed SD pooled σ = {shape.sigma:.2f}, median point "
+        f"{shape.median_sd:.2f}, best point {shape.best_sd:.2f}; share of the lattice near "
+        f"the best: {shares}; quadratic fit in initial steps from the start: "
+        f"R² = {shape.r2:.2f}.",
+        "",
+        "| coordinate | main effect (points) | curvature H_ii (points/step²) | couplings ρ |",
+        "|---|---|---|---|",
+    ]
+    for name in shape.names:
+        couplings = ", ".join(
+            f"{b if a == name else a} {rho:+.2f}"
+            for (a, b), rho in shape.coupling.items()
+            if name in (a, b) and not np.isnan(rho)
+        )
+        curvature = f"{shape.curvature[name]:+.2f}" if name in shape.curvature else "—"
+        lines.append(
+            f"| {name} | {shape.main_effects[name]:.2f} | {curvature} | {couplings or '—'} |"
+        )
+    return "\n".join(lines)
