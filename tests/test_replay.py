@@ -294,6 +294,14 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
     # CD ends on the optimum (0.25, 2, 32) in every replay: a local optimum with regret 0
     assert "| cd:noise=start,eps=0 | 0.25, 2, 32 | 100% | 0.00 | yes |" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
+    partial = tmp_path / "partial.parquet"
+    write_table(quadratic_table().query("`loss.weight` < 4").to_dict("records"), partial, METADATA)
+    capsys.readouterr()
+    search.main(build_parser().parse_args(["bench", "search", str(partial), "--gate"]))
+    printed = capsys.readouterr().out
+    assert printed.startswith("Gate (48 lattice points × 2 seeds)")
+    assert "Landscape shape" in printed and printed.endswith("have no full run yet)\n")
+    assert "12 lattice points" in printed and "replays" not in printed
     with pytest.raises(ValueError, match="colour"):
         search.main(
             build_parser().parse_args(

@@ -405,6 +405,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--live", action="store_true", help="also run one real `raycl tune` per method"
     )
     parser.add_argument("--storage-path", default="raycl_runs/bench-search")
+    parser.add_argument(
+        "--gate",
+        action="store_true",
+        help="print the gate and the landscape's shape, then stop (a partial table will do)",
+    )
 
 
 def main(args: argparse.Namespace) -> None:
@@ -419,6 +424,10 @@ def main(args: argparse.Namespace) -> None:
     gate = landscape.gate(delta)
     shape = shape_report(landscape_shape(landscape, deltas=(0.5, 1.0, delta)))
     print(f"{gate.report()}\n\n{shape}", flush=True)
+    if args.gate:
+        if landscape.missing():
+            print(f"(partial table: {landscape.missing()} lattice points have no full run yet)")
+        return
     if landscape.missing():
         raise ValueError(f"{args.table}: {landscape.missing()} lattice points have no full run")
     budget_epochs = args.budget_epochs or 40 * landscape.epochs
