@@ -458,4 +458,5 @@ def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> Non
     assert searched.returncode == 0, searched.stderr[-2000:]
     text = report.read_text()
     assert "### Live check" in text and "| cd |" in text and "| random |" in text
+    assert "| median abs(Δ) |" in text
     assert f"runs: 8 by {code})" in text
