@@ -83,10 +83,15 @@ class Landscape:
         return self.sign * (self.mean(self.best_key) - self.mean(key))
 
     @property
+    def seed_sds(self) -> np.ndarray:
+        """Each point's standard deviation of one run's final metric across its seeds
+        (the points with two seeds or more)."""
+        return np.array([c[:, -1].std(ddof=1) for c in self.curves.values() if len(c) >= 2])
+
+    @property
     def sigma(self) -> float:
         """Pooled within-point standard deviation of one run's final metric (seed noise)."""
-        finals = [c[:, -1] for c in self.curves.values() if len(c) >= 2]
-        return math.sqrt(float(np.mean([np.var(f, ddof=1) for f in finals])))
+        return math.sqrt(float(np.mean(self.seed_sds**2)))
 
     def is_local_optimum(self, key: PointKey) -> bool:
         """No point one initial step away along one coordinate has a better table mean."""

@@ -336,13 +336,13 @@ def live_check(
 
     storage = str(Path(args.storage_path).resolve())
     seeds = int(np.median([len(c) for c in landscape.curves.values()]))
-    sds = [c[:, -1].std(ddof=1) for c in landscape.curves.values() if len(c) >= 2]
-    expected = 0.674 * math.sqrt(1 + 1 / seeds) * float(np.median(sds))  # half-normal median
+    expected = 0.674 * math.sqrt(1 + 1 / seeds) * float(np.median(landscape.seed_sds))
     connect_ray()
     lines = [
         f"One real `raycl tune` per method on the table's config, budget {budget_epochs} "
         f"epochs, {args.concurrency} trials in flight. Δ = trial's metric − table mean of its "
-        "point, z = Δ / σ; with seed noise alone ~95 % of |z| ≤ 2, and the median |Δ| is "
+        "point, z = Δ / σ; with seed noise alone ~95 % of |z| ≤ 2, and the median |Δ| (of a "
+        "normal Δ) is "
         f"0.674·√(1 + 1/{seeds}) × the point's seed SD: {expected:.2f} at the table's median "
         "point's SD.",
         "",

@@ -50,38 +50,45 @@ def landscape_shape(landscape: Landscape, deltas: tuple[float, ...] = (0.5, 1.0)
         marginal = [means[[k[i] == v for k in keys]].mean() for v in sorted({k[i] for k in keys})]
         main_effects[name] = float(max(marginal) - min(marginal))
     fitted = [c.name for c in space if c.scale != "categorical"]
-    u = np.array([_steps_from_start(landscape, fitted, k) for k in keys]).reshape(
-        len(keys), len(fitted)
-    )
-    pairs = list(itertools.combinations(range(len(fitted)), 2))
-    design = np.column_stack(
-        [np.ones(len(keys)), u]
-        + [0.5 * u[:, i] ** 2 for i in range(len(fitted))]
-        + [u[:, i] * u[:, j] for i, j in pairs]
-    )
-    coef, *_ = np.linalg.lstsq(design, means, rcond=None)
-    residual = means - design @ coef
-    spread = float(((means - means.mean()) ** 2).sum())
-    diagonal = coef[1 + len(fitted) : 1 + 2 * len(fitted)]
-    coupling = {}
-    for (i, j), h in zip(pairs, coef[1 + 2 * len(fitted) :], strict=True):
-        scale = np.sqrt(diagonal[i] * diagonal[j]) if diagonal[i] * diagonal[j] > 0 else 0.0
-        coupling[(fitted[i], fitted[j])] = float(h / scale) if scale else float("nan")
-    sds = [c[:, -1].std(ddof=1) for c in landscape.curves.values() if len(c) >= 2]
+    steps = np.array([_steps_from_start(landscape, fitted, k) for k in keys])
+    curvature, coupling, r2 = _quadratic_fit(steps.reshape(len(keys), len(fitted)), means)
     best = landscape.curves[landscape.best_key][:, -1]
     sigma = landscape.sigma
     return Shape(
         names=space.names,
         main_effects=main_effects,
         fitted=fitted,
-        curvature={n: float(h) for n, h in zip(fitted, diagonal, strict=True)},
-        coupling=coupling,
-        r2=1.0 - float((residual**2).sum()) / spread if spread else 1.0,
+        curvature=dict(zip(fitted, curvature, strict=True)),
+        coupling={(fitted[i], fitted[j]): rho for (i, j), rho in coupling.items()},
+        r2=r2,
         sigma=sigma,
-        median_sd=float(np.median(sds)),
+        median_sd=float(np.median(landscape.seed_sds)),
         best_sd=float(best.std(ddof=1)) if len(best) >= 2 else float("nan"),
         shares={d: landscape.share_within(d) for d in sorted({*deltas, sigma})},
     )
+
+
+def _quadratic_fit(
+    u: np.ndarray, f: np.ndarray
+) -> tuple[list[float], dict[tuple[int, int], float], float]:
+    """Least squares ``f ≈ c + gᵀu + ½ uᵀHu`` over the rows of ``u``: the curvatures
+    ``H_ii``, the couplings ``ρ_ij`` (i < j; nan unless ``H_ii·H_jj > 0``) and R²."""
+    n, d = u.shape
+    pairs = list(itertools.combinations(range(d), 2))
+    design = np.column_stack(
+        [np.ones(n), u]
+        + [0.5 * u[:, i] ** 2 for i in range(d)]
+        + [u[:, i] * u[:, j] for i, j in pairs]
+    )
+    coef, *_ = np.linalg.lstsq(design, f, rcond=None)
+    diagonal = [float(h) for h in coef[1 + d : 1 + 2 * d]]
+    coupling = {}
+    for (i, j), h in zip(pairs, coef[1 + 2 * d :], strict=True):
+        both = diagonal[i] * diagonal[j]
+        coupling[(i, j)] = float(h / np.sqrt(both)) if both > 0 else float("nan")
+    residual = float(((f - design @ coef) ** 2).sum())
+    spread = float(((f - f.mean()) ** 2).sum())
+    return diagonal, coupling, 1.0 - residual / spread if spread else 1.0
 
 
 def _steps_from_start(landscape: Landscape, names: list[str], key: tuple) -> list[float]:
