@@ -66,6 +66,8 @@ def test_noise_and_shares_near_the_best() -> None:
     assert set(shape.shares) == {0.5, shape.sigma}
     report = shape_report(shape)
     assert "pooled σ = 0.71" in report and "8.3% within 0.50" in report
+    again = landscape_shape(landscape, deltas=(0.5, round(shape.sigma, 2)))  # σ given as δ
+    assert shape_report(again).count("within 0.71") == 1
     assert "| loss.weight | 0.00 |" in report
 
 

@@ -100,7 +100,8 @@ def _steps_from_start(landscape: Landscape, names: list[str], key: tuple) -> lis
 
 def shape_report(shape: Shape) -> str:
     """The shape as markdown: noise and target sizes, then one row per coordinate."""
-    shares = ", ".join(f"{share:.1%} within {d:.2f}" for d, share in shape.shares.items())
+    within = {f"{d:.2f}": share for d, share in shape.shares.items()}  # δ = σ may repeat one
+    shares = ", ".join(f"{share:.1%} within {d}" for d, share in within.items())
     lines = [
         f"Landscape shape: seed SD pooled σ = {shape.sigma:.2f}, median point "
         f"{shape.median_sd:.2f}, best point {shape.best_sd:.2f}; share of the lattice near "
