@@ -83,6 +83,11 @@ class Landscape:
         return self.sign * (self.mean(self.best_key) - self.mean(key))
 
     @property
+    def seeds(self) -> int:
+        """Seeds per point (the median over points: a table still being built has fewer)."""
+        return int(np.median([len(c) for c in self.curves.values()]))
+
+    @property
     def seed_sds(self) -> np.ndarray:
         """Each point's standard deviation of one run's final metric across its seeds
         (the points with two seeds or more)."""
@@ -122,7 +127,7 @@ class Landscape:
             start_sigmas=self.regret(self.start_key) / sigma,
             share=self.share_within(delta),
             points=len(self.curves),
-            seeds=int(np.median([len(c) for c in self.curves.values()])),
+            seeds=self.seeds,
             missing=self.missing(),
         )
 
@@ -143,14 +148,19 @@ class Gate:
     missing: int = 0  # lattice points without a complete run (a table still being built)
 
     @property
+    def passes(self) -> bool:
+        """The two criteria hold on the points tabulated so far."""
+        return self.start_sigmas > 3 and self.share <= 0.05
+
+    @property
     def decides(self) -> bool:
-        return self.start_sigmas > 3 and self.share <= 0.05 and not self.missing
+        return self.passes and not self.missing
 
     def report(self) -> str:
-        passes = self.start_sigmas > 3 and self.share <= 0.05
-        verdict = "passes: the landscape can decide" if passes else "FAILS"
+        verdict = "passes: the landscape can decide" if self.passes else "FAILS"
         if self.missing:
-            verdict = f"{'passes' if passes else 'fails'} so far ({self.missing} points to come)"
+            so_far = "passes" if self.passes else "fails"
+            verdict = f"{so_far} so far ({self.missing} points to come)"
         return "\n".join(
             [
                 f"Gate ({self.points} lattice points × {self.seeds} seeds): {verdict}.",

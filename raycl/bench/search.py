@@ -335,7 +335,7 @@ def live_check(
     from raycl.search.tuner import load_tune_config, run_search
 
     storage = str(Path(args.storage_path).resolve())
-    seeds = int(np.median([len(c) for c in landscape.curves.values()]))
+    seeds = landscape.seeds
     expected = 0.674 * math.sqrt(1 + 1 / seeds) * float(np.median(landscape.seed_sds))
     connect_ray()
     lines = [
