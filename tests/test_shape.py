@@ -46,7 +46,10 @@ def test_a_quadratic_is_recovered_exactly() -> None:
         {"loss.temperature": -6.0, "loss.weight": -4.0, "data.batch_size_per_worker": -2.0}
     )
     assert shape.coupling[("loss.temperature", "loss.weight")] == pytest.approx(1 / math.sqrt(24))
-    assert shape.coupling[("loss.temperature", "data.batch_size_per_worker")] == pytest.approx(0)
+    assert shape.coupling[("loss.temperature", "data.batch_size_per_worker")] == 0.0
+    rows = {line.split(" | ")[0]: line for line in shape_report(shape).splitlines()}
+    couplings = "loss.temperature +0.20, data.batch_size_per_worker +0.00"  # 1/√24 = 0.204
+    assert rows["| loss.weight"].endswith(f"| -4.00 | {couplings} |")
 
 
 def test_main_effects_are_the_ranges_of_the_marginal_means() -> None:
@@ -71,10 +74,31 @@ def test_noise_and_shares_near_the_best() -> None:
     assert "| loss.weight | 0.00 |" in report
 
 
-def test_a_flat_coordinate_has_no_coupling() -> None:
+def test_a_flat_coordinate_has_no_curvature_and_no_coupling() -> None:
+    # The weight is exactly flat: least squares leaves ~1e-14 of rounding in its H_ii, which
+    # the fit sets to 0 (CURVATURE_RTOL), so its couplings are nan on every platform.
     shape = landscape_shape(table_of(lambda s: 80 - s[0] ** 2 - s[2] ** 2))
+    assert shape.curvature["loss.weight"] == 0.0
     assert np.isnan(shape.coupling[("loss.temperature", "loss.weight")])
+    assert np.isnan(shape.coupling[("loss.weight", "data.batch_size_per_worker")])
+    assert shape.coupling[("loss.temperature", "data.batch_size_per_worker")] == 0.0
     rows = {line.split(" | ")[0]: line for line in shape_report(shape).splitlines()}
-    assert rows["| loss.weight"].endswith("| — |")
-    assert "| data.batch_size_per_worker " in rows["| loss.temperature"]
-    assert rows["| loss.temperature"].endswith("0.00 |")
+    assert rows["| loss.weight"].endswith("| +0.00 | — |")
+    assert rows["| loss.temperature"].endswith("| data.batch_size_per_worker +0.00 |")
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1.0, 1e3])
+def test_a_near_flat_coordinate_above_the_tolerance_keeps_its_coupling(scale: float) -> None:
+    # f = 80 − u² − εv² + εuv − b² (times scale): H_vv = −2ε, H_uv = ε, ρ_uv = ε/√(4ε) = √ε/2.
+    # ε = 1e-6 is ~12× CURVATURE_RTOL · max|f| (a real, if tiny, effect); ε = 1e-12 is below it.
+    def table(eps: float) -> Landscape:
+        return table_of(
+            lambda s: scale * (80 - s[0] ** 2 - eps * s[1] ** 2 + eps * s[0] * s[1] - s[2] ** 2)
+        )
+
+    shape = landscape_shape(table(1e-6))
+    assert shape.curvature["loss.weight"] == pytest.approx(-2e-6 * scale, rel=1e-6)
+    assert shape.coupling[("loss.temperature", "loss.weight")] == pytest.approx(5e-4, rel=1e-6)
+    below = landscape_shape(table(1e-12))
+    assert below.curvature["loss.weight"] == 0.0
+    assert np.isnan(below.coupling[("loss.temperature", "loss.weight")])

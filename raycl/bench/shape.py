@@ -10,6 +10,10 @@ descent makes first), and a least-squares fit over every point's table mean
 gives each coordinate's curvature ``H_ii`` (points per step², negative around a maximum), the
 coupling ``ρ_ij = H_ij / √(H_ii H_jj)`` of two coordinates (``|ρ|`` near 1: a ridge that
 one-coordinate moves cannot follow) and ``R²`` (how much of the table a quadratic explains).
+A second-order coefficient within ``CURVATURE_RTOL · max|f|`` of zero is zero (least-squares
+rounding, not the table). A coordinate with ``H_ii = 0`` has no curvature to normalise by, so
+its couplings are undefined (nan), as are those of two coordinates whose curvatures differ in
+sign (``√(H_ii H_jj)`` is not real).
 A coordinate's *main effect* is the range of its marginal means: at each of its values, the
 mean over every other coordinate. A flat coordinate (main effect within the seed noise) makes
 the region near the best as many times larger as it has values, which is what fails a gate.
@@ -24,6 +28,12 @@ import numpy as np
 
 from raycl.bench.replay import Landscape
 
+# A second-order coefficient with |H| ≤ CURVATURE_RTOL · max|f| is zero. The fit's rounding is a few
+# machine epsilons (2.2e-16) × the design's condition number (≈ 9 on a 60-point lattice) ×
+# max|f|: about 1e-14 for a metric near 80. 1e-9 clears that by orders of magnitude and is far
+# below any real effect (8e-8 points/step² for a metric near 80, well under seed noise).
+CURVATURE_RTOL = 1e-9
+
 
 @dataclass(frozen=True)
 class Shape:
@@ -32,7 +42,7 @@ class Shape:
     names: list[str]  # every coordinate, in search order
     main_effects: dict[str, float]  # range of the marginal means, in metric points
     fitted: list[str]  # the numeric coordinates the quadratic uses
-    curvature: dict[str, float]  # H_ii
+    curvature: dict[str, float]  # H_ii (exactly 0 within CURVATURE_RTOL)
     coupling: dict[tuple[str, str], float]  # ρ_ij (nan unless H_ii·H_jj > 0)
     r2: float
     sigma: float  # pooled seed SD (the gate's σ)
@@ -72,7 +82,10 @@ def _quadratic_fit(
     u: np.ndarray, f: np.ndarray
 ) -> tuple[list[float], dict[tuple[int, int], float], float]:
     """Least squares ``f ≈ c + gᵀu + ½ uᵀHu`` over the rows of ``u``: the curvatures
-    ``H_ii``, the couplings ``ρ_ij`` (i < j; nan unless ``H_ii·H_jj > 0``) and R²."""
+    ``H_ii``, the couplings ``ρ_ij`` (i < j; nan unless ``H_ii·H_jj > 0``) and R².
+
+    Every second-order coefficient within ``CURVATURE_RTOL · max|f|`` of zero is set to 0, so a
+    coordinate without curvature has ``H_ii == 0`` and nan couplings on every platform."""
     n, d = u.shape
     pairs = list(itertools.combinations(range(d), 2))
     design = np.column_stack(
@@ -81,12 +94,14 @@ def _quadratic_fit(
         + [u[:, i] * u[:, j] for i, j in pairs]
     )
     coef, *_ = np.linalg.lstsq(design, f, rcond=None)
+    residual = float(((f - design @ coef) ** 2).sum())
+    second = coef[1 + d :]
+    second[np.abs(second) <= CURVATURE_RTOL * float(np.abs(f).max(initial=0.0))] = 0.0
     diagonal = [float(h) for h in coef[1 + d : 1 + 2 * d]]
     coupling = {}
     for (i, j), h in zip(pairs, coef[1 + 2 * d :], strict=True):
         both = diagonal[i] * diagonal[j]
         coupling[(i, j)] = float(h / np.sqrt(both)) if both > 0 else float("nan")
-    residual = float(((f - design @ coef) ** 2).sum())
     spread = float(((f - f.mean()) ** 2).sum())
     return diagonal, coupling, 1.0 - residual / spread if spread else 1.0
 
