@@ -13,6 +13,18 @@ alignment gradient is the constant −1/τ. Split over anchors i of every view:
 
 With ``include_augs=True`` (code default) every anchor has an energy element and c = V (one
 energy per view, as in the formula); with ``include_augs=False`` only view-0 anchors do, c = 1.
+
+At the defaults (τ = 0.3, V = 2) the loss is the formula above:
+
+>>> import torch, torch.nn.functional as F
+>>> from raycl.losses import DHELLoss
+>>> views = torch.randn(2, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+>>> u, v = F.normalize(views, dim=-1)
+>>> def energy(x):
+...     return (x @ x.T / 0.3).fill_diagonal_(float("-inf")).logsumexp(1)
+>>> expected = (-(u * v).sum(1) / 0.3 + energy(u) + energy(v)).mean()
+>>> torch.allclose(DHELLoss()(views).total, expected)
+True
 """
 
 from __future__ import annotations

@@ -12,6 +12,21 @@ The defaults (weight=1, aggregation='mean_per_term', log_mean_exp=False) give NT
 exactly. The log-mean-exp (``log_mean_exp=True``) shifts the value by log|A(i)| only: same
 gradients, values comparable across batch sizes. ``weight`` decouples the balance from the
 temperature.
+
+At the defaults it is cross-entropy over the rows of S/τ with the diagonal masked out and the
+other view as the target (2 views of 4 items):
+
+>>> import torch, torch.nn.functional as F
+>>> from raycl.losses import InfoNCELoss
+>>> views = torch.randn(2, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+>>> z = F.normalize(views.reshape(8, 8), dim=1)
+>>> logits = (z @ z.T / 0.1).fill_diagonal_(float("-inf"))
+>>> nt_xent = F.cross_entropy(logits, torch.arange(8).roll(4))
+>>> torch.allclose(InfoNCELoss(temperature=0.1)(views).total, nt_xent)
+True
+>>> out = InfoNCELoss(weight=0.5)(views)
+>>> torch.allclose(out.total, out.pos + 0.5 * out.ent)
+True
 """
 
 from __future__ import annotations

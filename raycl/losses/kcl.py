@@ -12,6 +12,20 @@ Kernels (t is the width): gaussian exp(−t·d²); log −½·log(t·d²+1) (ene
 (alignment); imq c/√(c²+d²) with c = t; riesz d^(−s) with s = t (−d^(−s) for s < 0);
 gaussian_riesz: riesz energy, gaussian alignment with t = 2. The energy mean is over pairs, so
 the expected loss does not depend on the batch size.
+
+At the defaults (gaussian kernel, t = 2, γ = 16, V = 2) the loss is the official code's:
+
+>>> import torch, torch.nn.functional as F
+>>> from raycl.losses import KCLLoss
+>>> views = torch.randn(2, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+>>> u, v = F.normalize(views, dim=-1)
+>>> def kernel_mean(d):
+...     return torch.exp(-2 * d**2).mean()
+>>> expected = -2 * kernel_mean((u - v).norm(dim=1)) + 16 * (
+...     kernel_mean(torch.pdist(u)) + kernel_mean(torch.pdist(v))
+... )
+>>> torch.allclose(KCLLoss()(views).total, expected)
+True
 """
 
 from __future__ import annotations

@@ -7,6 +7,16 @@
 The entropy term is a short-range repulsive pair potential. Defaults follow
 pytorch-metric-learning's ContrastiveLoss with cosine similarity (pos_margin=1,
 neg_margin=0, each term averaged over its non-zero elements).
+
+Two items in 2-D: each positive pair has s = 0.6, so pos = 1 − 0.6 = 0.4; the negatives have
+s = 0 (inactive, left out of the mean), 0.8, 0.8 and 0.96, so ent = 2.56 / 3:
+
+>>> import torch
+>>> from raycl.losses import MarginLoss
+>>> views = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.6, 0.8], [0.8, 0.6]]])
+>>> out = MarginLoss()(views)
+>>> round(out.pos.item(), 4), round(out.ent.item(), 4), round(out.total.item(), 4)
+(0.4, 0.8533, 1.2533)
 """
 
 from __future__ import annotations

@@ -7,6 +7,20 @@
 ent = agg_i[log D_i − (log|A(i)| if log_mean_exp)]; total = pos + weight · ent.
 k1 strengthens the pull on hard positives, k2 the push from negatives; k1=0, k2=1 is SupCon.
 Positives come from labels (supervised) or, without labels, from the other views.
+
+k1 = 0, k2 = 1 is SupCon exactly; the default k1 = 5000 adds the hard-positive term to D_i
+(the positive term is the same, the entropy term larger):
+
+>>> import torch
+>>> from raycl.losses import SupConLoss, TCLLoss
+>>> views = torch.randn(2, 4, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+>>> labels = torch.tensor([0, 0, 1, 1])
+>>> supcon = SupConLoss()(views, labels)
+>>> torch.allclose(TCLLoss(k1=0.0, k2=1.0)(views, labels).total, supcon.total)
+True
+>>> tcl = TCLLoss()(views, labels)
+>>> torch.allclose(tcl.pos, supcon.pos), bool(tcl.ent > supcon.ent)
+(True, True)
 """
 
 from __future__ import annotations
