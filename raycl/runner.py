@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raycl.checkpoint import HISTORY_FILE
 from raycl.config import storage_path, to_yaml
 from raycl.errors import (
     ConfigError,
@@ -38,7 +39,7 @@ from raycl.errors import (
     write_traceback,
 )
 from raycl.schema import TrainConfig
-from raycl.train import HISTORY_FILE, train_loop_per_worker
+from raycl.train import train_loop_per_worker
 
 RUN_CONFIG_FILE = "raycl-config.yaml"
 ERROR_LOG = "raycl-error.log"
