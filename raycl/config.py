@@ -9,7 +9,9 @@ result is a *typed* config (:class:`~raycl.schema.TrainConfig`,
 take. Each section's values are checked by the registry that builds it
 (:func:`raycl.data.check_data`, :func:`raycl.models.check_model`,
 :func:`raycl.losses.build_loss`, :func:`raycl.optim.check_optim`); the sections without a
-builder (run, cluster, eval, train) are checked here.
+builder (run, cluster, eval, train) are checked here. A search trial's config is the training
+part of the ``tune`` config (:func:`training_config`) with the trial's settings
+(:func:`trial_config`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from raycl.schema import PLACEMENT_STRATEGIES, TrainConfig, TuneRunConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("loss", "data", "model", "optim", "cluster", "tracking", "search", "space")
+# A constant config entry every trial carries (the method's name): Tune hands a searcher its
+# metric and mode only with a non-empty param_space. Not a training setting.
+SEARCH_MARKER = "raycl_search"
 
 
 def _register_schema() -> None:
@@ -86,6 +91,17 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         updated = OmegaConf.to_object(node)
     validate(updated)
     return updated
+
+
+def training_config(cfg: TuneRunConfig) -> TrainConfig:
+    """The training part of a ``tune`` config (what every trial starts from)."""
+    return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def trial_config(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The training config of one trial: ``base`` with the trial's dotted-key settings (a
+    trial's Tune config: the searched settings and :data:`SEARCH_MARKER`)."""
+    return with_overrides(base, {k: v for k, v in overrides.items() if k != SEARCH_MARKER})
 
 
 def storage_path(cfg: TrainConfig) -> str:

@@ -51,10 +51,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.train import UserCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raycl.config import ConfigError, storage_path
+from raycl.config import ConfigError, storage_path, training_config, trial_config
 from raycl.schema import TrainConfig, TuneRunConfig
-from raycl.search.trial import training_config
-from raycl.search.trial import trial_config as config_of_trial
 
 logger = logging.getLogger(__name__)
 
@@ -108,9 +106,9 @@ def flat_config(cfg: Any) -> dict[str, Any]:
     return flat
 
 
-def trial_params(base: TrainConfig, trial_config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's full training config, flattened: ``base`` with its searched settings."""
-    return flat_config(config_of_trial(base, trial_config))
+def trial_params(base: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """A trial's full training config, flattened: ``base`` with its searched ``settings``."""
+    return flat_config(trial_config(base, settings))
 
 
 def mlflow_tracking_uri(cfg: TrainConfig) -> str:
