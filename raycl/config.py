@@ -17,6 +17,7 @@ part of the ``tune`` config (:func:`training_config`) with the trial's settings
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -135,6 +136,31 @@ def has_key(cfg: Any, dotted: str) -> bool:
         else:
             return False
     return True
+
+
+def flat_config(cfg: Any, scalars: bool = True) -> dict[str, Any]:
+    """A config, typed (dataclasses) or plain (nested dicts, e.g. loaded YAML), as
+    ``{dotted key: value}``: ``loss.temperature``, ``data.batch_size_per_worker``, ... With
+    ``scalars`` every value is a ``bool``/``int``/``float``/``str``, ``None`` as ``"null"`` and
+    lists as JSON text (what TensorBoard hparams and MLflow params hold); else values as they are.
+    """
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if dataclasses.is_dataclass(node):
+            node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(f"{prefix}{key}.", value)
+        elif scalars and node is None:
+            flat[prefix[:-1]] = "null"
+        elif scalars and isinstance(node, list | tuple):
+            flat[prefix[:-1]] = json.dumps(list(node))
+        else:
+            flat[prefix[:-1]] = node
+
+    visit("", cfg)
+    return flat
 
 
 def to_yaml(cfg: TrainConfig) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from raycl.checkpoint import HISTORY_FILE
-from raycl.config import storage_path, to_yaml
+from raycl.config import flat_config, storage_path, to_yaml
 from raycl.errors import (
     ConfigError,
     DataError,
@@ -270,7 +270,8 @@ def check_resume(cfg: TrainConfig) -> None:
     if cfg.fresh:
         _move_aside(run_directory(cfg))
         return
-    before, now = _flatten(yaml.safe_load(recorded)), _flatten(yaml.safe_load(to_yaml(cfg)))
+    before = flat_config(yaml.safe_load(recorded), scalars=False)
+    now = flat_config(yaml.safe_load(to_yaml(cfg)), scalars=False)
     changed = sorted(
         key
         for key in before.keys() | now.keys()
@@ -350,15 +351,6 @@ def write_history(outcome: TrainOutcome) -> None:
     table = pa.table({c: [row.get(c, math.nan) for row in outcome.history] for c in columns})
     pq.write_table(table, Path(outcome.path) / "metrics.parquet")
     pacsv.write_csv(table, Path(outcome.path) / "metrics.csv")
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix[:-1]: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
 
 
 def _filesystem(path: str):

@@ -13,11 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raycl.config import ConfigError, has_key, load_config
+from raycl.config import ConfigError, flat_config, has_key, load_config
 from raycl.tracking import (
     MLflowReports,
     TensorBoardReports,
-    flat_config,
     mlflow_client,
     mlflow_tracking_uri,
     train_callbacks,
