@@ -38,6 +38,7 @@ from raycl.errors import (
     root_cause,
     write_traceback,
 )
+from raycl.progress import progress_bar
 from raycl.schema import TrainConfig
 from raycl.train import train_loop_per_worker
 
@@ -146,25 +147,7 @@ def _epoch_reports(queue: Any):
 @contextmanager
 def _epoch_progress(cfg: TrainConfig) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A progress bar with ETA over the run's epochs; yields what shows one epoch's report."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn(f"[bold]{cfg.name}[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epochs"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
+    with progress_bar(cfg.name, "epochs") as progress:
         task = progress.add_task("train", total=cfg.epochs)
 
         def show(metrics: dict[str, Any]) -> None:
