@@ -117,8 +117,8 @@ def _submit(args: argparse.Namespace) -> None:
 def _analyze(args: argparse.Namespace) -> None:
     from pathlib import Path
 
+    from raycl.checkpoint import is_run
     from raycl.embedding_map import plot_run
-    from raycl.encoder import is_run
     from raycl.search.analysis import analyze
 
     runs = [p for p in args.experiments if is_run(Path(p))]

@@ -9,12 +9,15 @@ result is a *typed* config (:class:`~raycl.schema.TrainConfig`,
 take. Each section's values are checked by the registry that builds it
 (:func:`raycl.data.check_data`, :func:`raycl.models.check_model`,
 :func:`raycl.losses.build_loss`, :func:`raycl.optim.check_optim`); the sections without a
-builder (run, cluster, eval, train) are checked here.
+builder (run, cluster, eval, train) are checked here. A search trial's config is the training
+part of the ``tune`` config (:func:`training_config`) with the trial's settings
+(:func:`trial_config`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,9 @@ from raycl.schema import PLACEMENT_STRATEGIES, TrainConfig, TuneRunConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
 GROUPS = ("loss", "data", "model", "optim", "cluster", "tracking", "search", "space")
+# A constant config entry every trial carries (the method's name): Tune hands a searcher its
+# metric and mode only with a non-empty param_space. Not a training setting.
+SEARCH_MARKER = "raycl_search"
 
 
 def _register_schema() -> None:
@@ -88,6 +94,17 @@ def with_overrides(cfg: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     return updated
 
 
+def training_config(cfg: TuneRunConfig) -> TrainConfig:
+    """The training part of a ``tune`` config (what every trial starts from)."""
+    return TrainConfig(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)})
+
+
+def trial_config(base: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The training config of one trial: ``base`` with the trial's dotted-key settings (a
+    trial's Tune config: the searched settings and :data:`SEARCH_MARKER`)."""
+    return with_overrides(base, {k: v for k, v in overrides.items() if k != SEARCH_MARKER})
+
+
 def storage_path(cfg: TrainConfig) -> str:
     """``cfg.storage_path`` made absolute (URIs such as ``s3://`` are kept)."""
     path = cfg.storage_path
@@ -119,6 +136,31 @@ def has_key(cfg: Any, dotted: str) -> bool:
         else:
             return False
     return True
+
+
+def flat_config(cfg: Any, scalars: bool = True) -> dict[str, Any]:
+    """A config, typed (dataclasses) or plain (nested dicts, e.g. loaded YAML), as
+    ``{dotted key: value}``: ``loss.temperature``, ``data.batch_size_per_worker``, ... With
+    ``scalars`` every value is a ``bool``/``int``/``float``/``str``, ``None`` as ``"null"`` and
+    lists as JSON text (what TensorBoard hparams and MLflow params hold); else values as they are.
+    """
+    flat: dict[str, Any] = {}
+
+    def visit(prefix: str, node: Any) -> None:
+        if dataclasses.is_dataclass(node):
+            node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
+        if isinstance(node, dict):
+            for key, value in node.items():
+                visit(f"{prefix}{key}.", value)
+        elif scalars and node is None:
+            flat[prefix[:-1]] = "null"
+        elif scalars and isinstance(node, list | tuple):
+            flat[prefix[:-1]] = json.dumps(list(node))
+        else:
+            flat[prefix[:-1]] = node
+
+    visit("", cfg)
+    return flat
 
 
 def to_yaml(cfg: TrainConfig) -> str:

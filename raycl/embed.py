@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
+from raycl.checkpoint import choose_checkpoint, recorded_config, recorded_input_shape
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.runner import connect_ray
 from raycl.schema import DataConfig
@@ -46,7 +47,7 @@ EMBED_METADATA_KEY = b"raycl.embed"
 class EmbedRequest:
     """What to embed and how (one per ``raycl embed`` call)."""
 
-    checkpoint: str  # a checkpoint directory (raycl.encoder.best_checkpoint of a run)
+    checkpoint: str  # a checkpoint directory (raycl.checkpoint.best_checkpoint of a run)
     data: DataConfig  # the run's data section, or the command's
     split: str = "test"
     head: bool = False
@@ -129,7 +130,6 @@ def plan_for(
     data set), ``cluster.*`` (where to run) and ``eval.batch_size``; the encoder is fixed.
     ``options`` are :class:`EmbedRequest` fields (split, head, normalize)."""
     from raycl.config import load_config, parse_overrides, with_overrides
-    from raycl.encoder import choose_checkpoint, recorded_config
 
     chosen = choose_checkpoint(Path(path), checkpoint).resolve()
     config = recorded_config(chosen)
@@ -165,8 +165,6 @@ def open_split(request: EmbedRequest) -> Any:
 def check_fit(request: EmbedRequest) -> int:
     """The split's size; one line naming the data set when it is empty or its items do not
     have the encoder's input shape."""
-    from raycl.encoder import recorded_input_shape
-
     expected = recorded_input_shape(Path(request.checkpoint))
     split = open_split(request)
     if len(split) == 0:

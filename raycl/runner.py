@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raycl.config import storage_path, to_yaml
+from raycl.checkpoint import HISTORY_FILE
+from raycl.config import flat_config, storage_path, to_yaml
 from raycl.errors import (
     ConfigError,
     DataError,
@@ -37,8 +38,9 @@ from raycl.errors import (
     root_cause,
     write_traceback,
 )
+from raycl.progress import progress_bar
 from raycl.schema import TrainConfig
-from raycl.train import HISTORY_FILE, train_loop_per_worker
+from raycl.train import train_loop_per_worker
 
 RUN_CONFIG_FILE = "raycl-config.yaml"
 ERROR_LOG = "raycl-error.log"
@@ -145,25 +147,7 @@ def _epoch_reports(queue: Any):
 @contextmanager
 def _epoch_progress(cfg: TrainConfig) -> Iterator[Callable[[dict[str, Any]], None]]:
     """A progress bar with ETA over the run's epochs; yields what shows one epoch's report."""
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    columns = (
-        TextColumn(f"[bold]{cfg.name}[/bold]"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epochs"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, transient=False) as progress:
+    with progress_bar(cfg.name, "epochs") as progress:
         task = progress.add_task("train", total=cfg.epochs)
 
         def show(metrics: dict[str, Any]) -> None:
@@ -269,7 +253,8 @@ def check_resume(cfg: TrainConfig) -> None:
     if cfg.fresh:
         _move_aside(run_directory(cfg))
         return
-    before, now = _flatten(yaml.safe_load(recorded)), _flatten(yaml.safe_load(to_yaml(cfg)))
+    before = flat_config(yaml.safe_load(recorded), scalars=False)
+    now = flat_config(yaml.safe_load(to_yaml(cfg)), scalars=False)
     changed = sorted(
         key
         for key in before.keys() | now.keys()
@@ -349,15 +334,6 @@ def write_history(outcome: TrainOutcome) -> None:
     table = pa.table({c: [row.get(c, math.nan) for row in outcome.history] for c in columns})
     pq.write_table(table, Path(outcome.path) / "metrics.parquet")
     pacsv.write_csv(table, Path(outcome.path) / "metrics.csv")
-
-
-def _flatten(node: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(node, dict):
-        return {prefix[:-1]: node}
-    flat: dict[str, Any] = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return flat
 
 
 def _filesystem(path: str):

@@ -36,8 +36,6 @@ server, ``databricks``, a ``sqlite:`` database, ...). None of the remote paths i
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import re
@@ -51,10 +49,8 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.train import UserCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raycl.config import ConfigError, storage_path
+from raycl.config import ConfigError, flat_config, storage_path, training_config, trial_config
 from raycl.schema import TrainConfig, TuneRunConfig
-from raycl.search.trial import training_config
-from raycl.search.trial import trial_config as config_of_trial
 
 logger = logging.getLogger(__name__)
 
@@ -85,32 +81,9 @@ def tune_callbacks(cfg: TrainConfig) -> list[Any]:
     return [TrialMLflow(base, mlflow_tracking_uri(cfg), cfg.name)]
 
 
-def flat_config(cfg: Any) -> dict[str, Any]:
-    """A (typed) config as ``{dotted key: value}``: ``bool``/``int``/``float``/``str`` kept,
-    ``None`` as ``"null"`` and lists as JSON text (what TensorBoard hparams and MLflow params
-    hold)."""
-    flat: dict[str, Any] = {}
-
-    def visit(prefix: str, node: Any) -> None:
-        if dataclasses.is_dataclass(node):
-            node = {f.name: getattr(node, f.name) for f in dataclasses.fields(node)}
-        if isinstance(node, dict):
-            for key, value in node.items():
-                visit(f"{prefix}{key}.", value)
-        elif node is None:
-            flat[prefix[:-1]] = "null"
-        elif isinstance(node, list | tuple):
-            flat[prefix[:-1]] = json.dumps(list(node))
-        else:
-            flat[prefix[:-1]] = node
-
-    visit("", cfg)
-    return flat
-
-
-def trial_params(base: TrainConfig, trial_config: dict[str, Any]) -> dict[str, Any]:
-    """A trial's full training config, flattened: ``base`` with its searched settings."""
-    return flat_config(config_of_trial(base, trial_config))
+def trial_params(base: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
+    """A trial's full training config, flattened: ``base`` with its searched ``settings``."""
+    return flat_config(trial_config(base, settings))
 
 
 def mlflow_tracking_uri(cfg: TrainConfig) -> str:

@@ -4,22 +4,17 @@
 landscape run or GPU check) runs, through a :class:`~raycl.session.Session`: the typed config
 in, a DDP model, the exact global-batch loss (:func:`raycl.distributed.distributed_loss`),
 a warm-up + cosine schedule, per-epoch evaluation, and a checkpoint (model, optimiser,
-scheduler, epoch, RNG state, metric history) reported each epoch. Restarted from a checkpoint
-it continues where it stopped. The Ray driver that starts the workers is :mod:`raycl.runner`.
-Needs neither Ray, Hydra nor OmegaConf.
+scheduler, epoch, RNG state, metric history; its format is :mod:`raycl.checkpoint`) reported
+each epoch. Restarted from a checkpoint it continues where it stopped. The Ray driver that
+starts the workers is :mod:`raycl.runner`. Needs neither Ray, Hydra nor OmegaConf.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import hashlib
-import json
 import os
 import random
-import re
 import signal
-import sys
 import tempfile
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -30,6 +25,7 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
+from raycl.checkpoint import good_checkpoint, load_rng, load_state, write_checkpoint
 from raycl.data import DatasetBundle, build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.errors import DataError, TrainingDiverged
@@ -41,10 +37,6 @@ from raycl.models import build_model
 from raycl.optim import build_optimization
 from raycl.schema import TrainConfig
 from raycl.session import RayTrainSession, Session
-
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
-RUN_FILE = "run.json"  # what the checkpoint is: config, input shape (raycl.encoder reads it)
 
 
 @dataclass
@@ -306,93 +298,15 @@ def _maybe_inject_fault(config: TrainConfig, epoch: int, rank: int) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
-def _checksum_file(rank: int) -> str:
-    return f"checksums-rank{rank}.json"
-
-
-def _write_checksums(directory: Path, rank: int) -> None:
-    """SHA-256 of the files this rank wrote into a checkpoint, written last: a checkpoint
-    whose copy was cut short, or whose files changed, fails :func:`verify_checkpoint`."""
-    digests = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
-        for f in sorted(directory.iterdir())
-        if f.is_file() and not f.name.startswith("checksums-")
-    }
-    (directory / _checksum_file(rank)).write_text(json.dumps(digests))
-
-
-def verify_checkpoint(directory: str | Path) -> str | None:
-    """Why the checkpoint in ``directory`` cannot be trusted, or None when it can: the state
-    file and every rank's checksum list must be there and every listed file must match."""
-    directory = Path(directory)
-    if not (directory / STATE_FILE).is_file():
-        return f"no {STATE_FILE}"
-    lists = sorted(directory.glob("checksums-rank*.json"))
-    if not lists:
-        return "no checksums"
-    for listing in lists:
-        for name, digest in json.loads(listing.read_text()).items():
-            path = directory / name
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
-                return f"{name} does not match its checksum"
-    return None
-
-
-def _good_checkpoint(checkpoint: Any) -> Any:
-    """``checkpoint`` if it verifies; else the newest older checkpoint of the run that does.
-
-    A bad one (a crash while writing, a full disk) is reported and renamed ``*.corrupt``,
-    so the run resumes from the newest good checkpoint and its next report can take the
-    name again."""
-    candidates = [checkpoint, *_older_checkpoints(checkpoint)]
-    for candidate in candidates:
-        with candidate.as_directory() as directory:
-            problem = verify_checkpoint(directory)
-        if problem is None:
-            return candidate
-        print(f"raycl: skipping checkpoint {candidate.path}: {problem}", file=sys.stderr)
-        _set_aside(candidate)
-    return None
-
-
-def _older_checkpoints(checkpoint: Any) -> list[Any]:
-    """The run's other ``epoch-*`` checkpoints older than ``checkpoint``, newest first."""
-    import pyarrow.fs
-
-    filesystem = getattr(checkpoint, "filesystem", None) or pyarrow.fs.LocalFileSystem()
-    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
-    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
-    names = sorted(
-        (e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory),
-        reverse=True,
-    )
-    older = [n for n in names if re.fullmatch(r"epoch-\d+", n) and n < name]
-    return [type(checkpoint)(path=f"{parent}/{n}", **_filesystem_of(checkpoint)) for n in older]
-
-
-def _filesystem_of(checkpoint: Any) -> dict[str, Any]:
-    filesystem = getattr(checkpoint, "filesystem", None)
-    return {} if filesystem is None else {"filesystem": filesystem}
-
-
-def _set_aside(checkpoint: Any) -> None:
-    import pyarrow.fs
-
-    filesystem = getattr(checkpoint, "filesystem", None) or pyarrow.fs.LocalFileSystem()
-    with contextlib.suppress(OSError):  # another rank may have moved it already
-        filesystem.move(checkpoint.path, checkpoint.path.rstrip("/") + ".corrupt")
-
-
 def _restore(checkpoint: Any, run: TrainingRun) -> dict[str, Any]:
     """Load the newest good checkpoint into the run; its state dict (empty without one)."""
     if checkpoint is not None:
-        checkpoint = _good_checkpoint(checkpoint)
+        checkpoint = good_checkpoint(checkpoint)
     if checkpoint is None:
         return {}
     with checkpoint.as_directory() as directory:
-        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
-        rng_file = Path(directory) / f"rng-rank{run.session.rank}.pt"
-        rng = torch.load(rng_file, weights_only=False) if rng_file.exists() else None
+        state = load_state(directory)
+        rng = load_rng(directory, run.session.rank)
     _unwrap(run.model).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
@@ -406,30 +320,24 @@ def _restore(checkpoint: Any, run: TrainingRun) -> dict[str, Any]:
 def _report(run: TrainingRun, metrics: dict[str, float], epoch: int) -> None:
     """Write this epoch's checkpoint (rank 0: the state; every rank: its RNG) and report."""
     rank = run.session.rank
+    rng = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
+    state = record = None
+    if rank == 0:
+        state = {
+            "model": _unwrap(run.model).state_dict(),
+            "optimizer": run.optimizer.state_dict(),
+            "scheduler": run.scheduler.state_dict(),
+            "epoch": epoch,
+            "history": run.history,
+            "initial": run.initial,
+        }
+        record = _run_record(run)
     with tempfile.TemporaryDirectory() as directory:
-        torch.save(
-            {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.get_rng_state(),
-            },
-            Path(directory) / f"rng-rank{rank}.pt",
-        )
-        if rank == 0:
-            state = {
-                "model": _unwrap(run.model).state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "epoch": epoch,
-                "history": run.history,
-                "initial": run.initial,
-            }
-            torch.save(state, Path(directory) / STATE_FILE)
-            (Path(directory) / HISTORY_FILE).write_text(
-                json.dumps({"history": run.history, "initial": run.initial})
-            )
-            (Path(directory) / RUN_FILE).write_text(json.dumps(_run_record(run), default=str))
-        _write_checksums(Path(directory), rank)
+        write_checkpoint(Path(directory), rank, rng, state, record)
         run.session.report(metrics, directory, name=f"epoch-{epoch:05d}")
 
 

@@ -136,8 +136,8 @@ def test_the_gathered_loss_across_two_nodes_equals_one_process(two_nodes, tmp_pa
 
 
 def test_a_killed_node_is_replaced_and_the_run_finishes(two_nodes, tmp_path):
+    from raycl.checkpoint import verify_checkpoint
     from raycl.runner import train
-    from raycl.train import verify_checkpoint
 
     ray, nodes = two_nodes["ray"], two_nodes["nodes"]
     cfg = load_config(

@@ -19,14 +19,14 @@ import torch
 
 import raycl
 from raycl import metrics
+from raycl.checkpoint import RUN_FILE, best_checkpoint, run_checkpoints, write_checksums
 from raycl.config import load_config
 from raycl.data import build_datasets
 from raycl.embed import EmbedPlan, embed_to_parquet, plan_for
-from raycl.encoder import best_checkpoint, load_encoder, run_checkpoints
+from raycl.encoder import load_encoder
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.export import export_encoder
 from raycl.runner import train
-from raycl.train import RUN_FILE, _write_checksums
 
 QUICK = [
     "cluster.num_workers=0",
@@ -154,7 +154,7 @@ def test_bad_paths_checkpoints_overrides_and_shapes_are_one_line_errors(run, tmp
     (checkpoint / RUN_FILE).write_text(json.dumps(record))
     with pytest.raises(CheckpointError, match=r"does not verify"):
         load_encoder(checkpoint)
-    _write_checksums(checkpoint, 0)  # consistent files, but the wrong model
+    write_checksums(checkpoint, 0)  # consistent files, but the wrong model
     with pytest.raises(CheckpointError, match=r"weights do not fit model 'small_cnn'"):
         load_encoder(checkpoint)
 

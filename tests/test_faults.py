@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from raycl.checkpoint import verify_checkpoint
 from raycl.config import load_config
 from raycl.data import write_parquet_dataset
 from raycl.errors import ConfigError, DataError
 from raycl.runner import train
-from raycl.train import verify_checkpoint
 
 IN_PROCESS = [
     "cluster.num_workers=0",

@@ -13,11 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from raycl.config import ConfigError, has_key, load_config
+from raycl.config import ConfigError, flat_config, has_key, load_config
 from raycl.tracking import (
     MLflowReports,
     TensorBoardReports,
-    flat_config,
     mlflow_client,
     mlflow_tracking_uri,
     train_callbacks,
@@ -270,7 +269,8 @@ def test_train_with_mlflow_logs_every_epoch_and_the_config(ray_cluster, tmp_path
 @pytest.mark.slow
 @pytest.mark.parametrize("tracking", ["tensorboard", "mlflow"])
 def test_tune_tracks_every_trial(ray_cluster, tmp_path, tracking):
-    from raycl.search.tuner import load_tune_config, run_search, training_config, trial_config
+    from raycl.config import training_config, trial_config
+    from raycl.search.tuner import load_tune_config, run_search
 
     cfg = load_tune_config(
         [

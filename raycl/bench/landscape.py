@@ -56,7 +56,7 @@ def _train_run(base: Any, point: dict[str, Any], seed: int) -> dict[str, Any]:
     """One training run in this process: its per-epoch reports and wall time."""
     import torch
 
-    from raycl.search.trial import trial_config
+    from raycl.config import trial_config
     from raycl.session import LocalSession
     from raycl.train import run_training
 
@@ -146,9 +146,9 @@ def run(args: argparse.Namespace) -> Path:
         TimeRemainingColumn,
     )
 
+    from raycl.config import training_config
     from raycl.runner import connect_ray
     from raycl.search.space import space_config
-    from raycl.search.trial import training_config
 
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from raycl.search.methods import SEARCH_MARKER
+from raycl.config import SEARCH_MARKER
 
 HIDDEN_CONFIG_KEYS = {SEARCH_MARKER}
 TERM_COLUMNS = ("loss_pos", "loss_ent", "grad_norm_pos", "grad_norm_ent")

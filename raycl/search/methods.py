@@ -32,9 +32,9 @@ from typing import Any
 from ray.tune.search import Repeater, Searcher
 from ray.tune.search.repeater import TRIAL_INDEX
 
+from raycl.config import SEARCH_MARKER
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher, defines_search_space
 from raycl.search.space import SearchSpace
-from raycl.search.trial import SEARCH_MARKER
 
 
 @dataclass(frozen=True)

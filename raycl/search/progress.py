@@ -1,7 +1,8 @@
 """What ``raycl tune`` shows while it runs: one progress bar with ETA and a line per trial.
 
-A Ray Tune ``Callback`` (it runs in the driver, where Tune's controller runs). The bar counts
-the search's budget: epochs when ``search.budget_epochs`` is set, else trials.
+A Ray Tune ``Callback`` (it runs in the driver, where Tune's controller runs). The bar
+(:func:`raycl.progress.progress_bar`, as ``raycl train``'s) counts the search's budget: epochs
+when ``search.budget_epochs`` is set, else trials.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from ray.tune import Callback
+
+from raycl.progress import progress_bar
 
 
 class SearchProgress(Callback):
@@ -26,24 +29,7 @@ class SearchProgress(Callback):
         return {**self.__dict__, "_progress": None, "_task": None}
 
     def setup(self, **info: Any) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            TextColumn("[bold]search[/bold]"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn(self.unit),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-        )
+        self._progress = progress_bar("search", self.unit)
         self._task = self._progress.add_task("search", total=self.total)
         self._progress.start()
 

@@ -20,14 +20,20 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
-from raycl.config import ConfigError, load_config, storage_path
+from raycl.config import (
+    SEARCH_MARKER,
+    ConfigError,
+    load_config,
+    storage_path,
+    training_config,
+    trial_config,
+)
 from raycl.runner import connect_ray, trainer_for
 from raycl.schema import TrainConfig, TuneRunConfig
 from raycl.search.methods import build_search, check_search
 from raycl.search.progress import SearchProgress
 from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher
 from raycl.search.space import space_from_config
-from raycl.search.trial import SEARCH_MARKER, training_config, trial_config
 from raycl.tracking import tune_callbacks
 from raycl.train import run_training
 

@@ -1,0 +1,233 @@
+"""The on-disk checkpoint: what one epoch leaves, how it is verified, which one a run offers.
+
+A run directory (``storage_path/name``) holds one directory per reported epoch,
+``epoch-00000``, ``epoch-00001``, ...; each holds
+
+* ``state.pt`` (rank 0): model, optimiser and scheduler state, the epoch, the metric history
+  and the untrained encoder's metrics (``initial``), what a resumed run continues from;
+* ``history.json`` (rank 0): the same history and ``initial`` as JSON, readable without torch;
+* ``run.json`` (rank 0): what the checkpoint is without its run, the training config, the input
+  shape, the input channels and the number of classes (:func:`recorded_config`);
+* ``rng-rank<r>.pt`` (every rank): that rank's Python, NumPy and torch RNG states;
+* ``checksums-rank<r>.json`` (every rank, written last): the SHA-256 of each file that rank wrote.
+
+The checksums are there because a checkpoint can be cut short (a worker killed while writing, a
+full disk, an interrupted copy to remote storage) and still look whole: a resumed run, the
+encoder loader and ``raycl embed``/``export`` use only a checkpoint that :func:`verify_checkpoint`
+passes. A bad one met on resuming is set aside as ``*.corrupt`` (:func:`good_checkpoint`), so the
+run continues from the newest good one. Needs neither Ray nor Hydra (checkpoints from Ray Train
+are handled through their ``path``, ``filesystem`` and ``as_directory``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from raycl.errors import CheckpointError
+from raycl.schema import TrainConfig
+
+STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+RUN_FILE = "run.json"  # what the checkpoint is: config, input shape (read without its run)
+
+
+def rng_file(rank: int) -> str:
+    return f"rng-rank{rank}.pt"
+
+
+def checksum_file(rank: int) -> str:
+    return f"checksums-rank{rank}.json"
+
+
+# --- writing and reading one checkpoint -----------------------------------------------------
+
+
+def write_checkpoint(
+    directory: Path,
+    rank: int,
+    rng: dict[str, Any],
+    state: dict[str, Any] | None = None,
+    record: dict[str, Any] | None = None,
+) -> None:
+    """One rank's files of a checkpoint in ``directory``: its RNG states; with ``state``
+    (rank 0) the state, its history as JSON and the run ``record``; then its checksums."""
+    torch.save(rng, directory / rng_file(rank))
+    if state is not None:
+        torch.save(state, directory / STATE_FILE)
+        (directory / HISTORY_FILE).write_text(
+            json.dumps({"history": state["history"], "initial": state["initial"]})
+        )
+        (directory / RUN_FILE).write_text(json.dumps(record, default=str))
+    write_checksums(directory, rank)
+
+
+def load_state(directory: str | Path) -> dict[str, Any]:
+    """The checkpoint's state (model, optimiser, scheduler, epoch, history), on the CPU."""
+    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def load_rng(directory: str | Path, rank: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s RNG states, None when the checkpoint has none for it."""
+    path = Path(directory) / rng_file(rank)
+    return torch.load(path, weights_only=False) if path.exists() else None
+
+
+def write_checksums(directory: Path, rank: int) -> None:
+    """SHA-256 of the files this rank wrote into a checkpoint, written last: a checkpoint
+    whose copy was cut short, or whose files changed, fails :func:`verify_checkpoint`."""
+    digests = {
+        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        for f in sorted(directory.iterdir())
+        if f.is_file() and not f.name.startswith("checksums-")
+    }
+    (directory / checksum_file(rank)).write_text(json.dumps(digests))
+
+
+def verify_checkpoint(directory: str | Path) -> str | None:
+    """Why the checkpoint in ``directory`` cannot be trusted, or None when it can: the state
+    file and every rank's checksum list must be there and every listed file must match."""
+    directory = Path(directory)
+    if not (directory / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    lists = sorted(directory.glob("checksums-rank*.json"))
+    if not lists:
+        return "no checksums"
+    for listing in lists:
+        for name, digest in json.loads(listing.read_text()).items():
+            path = directory / name
+            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+                return f"{name} does not match its checksum"
+    return None
+
+
+# --- resuming: a run's newest good checkpoint (Ray Train checkpoint objects) ---------------
+
+
+def good_checkpoint(checkpoint: Any) -> Any:
+    """``checkpoint`` if it verifies; else the newest older checkpoint of the run that does.
+
+    A bad one (a crash while writing, a full disk) is reported and renamed ``*.corrupt``,
+    so the run resumes from the newest good checkpoint and its next report can take the
+    name again."""
+    candidates = [checkpoint, *_older_checkpoints(checkpoint)]
+    for candidate in candidates:
+        with candidate.as_directory() as directory:
+            problem = verify_checkpoint(directory)
+        if problem is None:
+            return candidate
+        print(f"raycl: skipping checkpoint {candidate.path}: {problem}", file=sys.stderr)
+        _set_aside(candidate)
+    return None
+
+
+def _older_checkpoints(checkpoint: Any) -> list[Any]:
+    """The run's other ``epoch-*`` checkpoints older than ``checkpoint``, newest first."""
+    import pyarrow.fs
+
+    filesystem = getattr(checkpoint, "filesystem", None) or pyarrow.fs.LocalFileSystem()
+    parent, name = checkpoint.path.rstrip("/").rsplit("/", 1)
+    entries = filesystem.get_file_info(pyarrow.fs.FileSelector(parent))
+    names = sorted(
+        (e.base_name for e in entries if e.type == pyarrow.fs.FileType.Directory),
+        reverse=True,
+    )
+    older = [n for n in names if re.fullmatch(r"epoch-\d+", n) and n < name]
+    return [type(checkpoint)(path=f"{parent}/{n}", **_filesystem_of(checkpoint)) for n in older]
+
+
+def _filesystem_of(checkpoint: Any) -> dict[str, Any]:
+    filesystem = getattr(checkpoint, "filesystem", None)
+    return {} if filesystem is None else {"filesystem": filesystem}
+
+
+def _set_aside(checkpoint: Any) -> None:
+    import pyarrow.fs
+
+    filesystem = getattr(checkpoint, "filesystem", None) or pyarrow.fs.LocalFileSystem()
+    with contextlib.suppress(OSError):  # another rank may have moved it already
+        filesystem.move(checkpoint.path, checkpoint.path.rstrip("/") + ".corrupt")
+
+
+# --- using a finished run: which checkpoint, and what it records -----------------------------
+
+
+def is_checkpoint(path: Path) -> bool:
+    return (path / STATE_FILE).is_file() and (path / RUN_FILE).is_file()
+
+
+def is_run(path: Path) -> bool:
+    """Whether ``path`` is a training run's directory (it holds checkpoints)."""
+    return path.is_dir() and bool(run_checkpoints(path))
+
+
+def run_checkpoints(run_dir: Path) -> list[Path]:
+    """The run's checkpoint directories, oldest first (set-aside ``*.corrupt`` ones left out)."""
+    return sorted(p for p in run_dir.glob("epoch-*") if p.is_dir() and p.name[6:].isdigit())
+
+
+def best_checkpoint(run_dir: Path) -> Path:
+    """The run's best good checkpoint by its checkpoint metric and mode (ties and runs that
+    never recorded the metric: the latest)."""
+    good = [p for p in run_checkpoints(run_dir) if verify_checkpoint(p) is None]
+    if not good:
+        raise CheckpointError(f"{run_dir}: no checkpoint that verifies (is it a raycl run?)")
+    config = recorded_config(good[-1])
+    sign = 1.0 if config.checkpoint_mode == "max" else -1.0
+    scored = [(p, last_metrics(p).get(config.checkpoint_metric)) for p in good]
+    scored = [(p, v) for p, v in scored if isinstance(v, int | float)]
+    if not scored:
+        return good[-1]
+    return max(scored, key=lambda item: (sign * item[1], item[0].name))[0]
+
+
+def choose_checkpoint(path: Path, checkpoint: str | Path | None) -> Path:
+    """The checkpoint directory to load: ``checkpoint``, ``path`` itself, or the best of the
+    run at ``path``; one line naming the path when it is none of these."""
+    path = Path(checkpoint if checkpoint is not None else path).resolve()
+    if is_checkpoint(path):
+        problem = verify_checkpoint(path)
+        if problem is not None:
+            raise CheckpointError(f"{path}: the checkpoint does not verify ({problem})")
+        return path
+    if is_run(path):
+        chosen = best_checkpoint(path)
+        print(f"raycl: using checkpoint {chosen}", flush=True)
+        return chosen
+    raise CheckpointError(f"{path}: not a raycl run directory or checkpoint")
+
+
+def run_record(checkpoint: Path) -> dict[str, Any]:
+    """The checkpoint's ``run.json``: ``config``, ``in_channels``, ``input_shape``,
+    ``num_classes``."""
+    return json.loads((checkpoint / RUN_FILE).read_text())
+
+
+def recorded_config(checkpoint: Path) -> TrainConfig:
+    """The training config recorded in a checkpoint, typed again."""
+    from omegaconf import OmegaConf
+
+    recorded = run_record(checkpoint)["config"]
+    schema = OmegaConf.structured(TrainConfig)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    merged = OmegaConf.merge(schema, {k: v for k, v in recorded.items() if k in fields})
+    return OmegaConf.to_object(merged)
+
+
+def recorded_input_shape(checkpoint: Path) -> list[int]:
+    """The shape of one input item the checkpoint's encoder was trained on, e.g. [1, 8, 8]."""
+    return list(run_record(checkpoint)["input_shape"])
+
+
+def last_metrics(checkpoint: Path) -> dict[str, float]:
+    """The metrics the checkpoint's epoch reported (empty before the first epoch)."""
+    history = json.loads((checkpoint / HISTORY_FILE).read_text())["history"]
+    return dict(history[-1]) if history else {}
