@@ -24,8 +24,10 @@ Hydra overrides look like ``loss=tcl loss.k1=5000 data=cifar10 cluster.num_worke
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -171,19 +173,37 @@ def _encoder_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --output")
 
 
+class _Import(NamedTuple):
+    """A command's implementation, ``module.function``, imported when the command is chosen."""
+
+    module: str
+    function: str = "main"
+
+    def load(self) -> Callable[[argparse.Namespace], None]:
+        return getattr(importlib.import_module(self.module), self.function)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Parses into ``run``, the chosen command's function: a command named by :class:`_Import`
+    (every ``raycl bench`` one) has its module imported now, not when the parser is built."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extra = super().parse_known_args(args, namespace)
+        if isinstance(getattr(parsed, "run", None), _Import):
+            parsed.run = parsed.run.load()
+        return parsed, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every sub-command."""
-    from raycl.bench import embed as bench_embed
-    from raycl.bench import gpu as bench_gpu
-    from raycl.bench import landscape as bench_landscape
-    from raycl.bench import loss as bench_loss
-    from raycl.bench import memory as bench_memory
-    from raycl.bench import search as bench_search
-    from raycl.bench import train as bench_train
-    from raycl.bench import trials as bench_trials
+    """The argument parser of every sub-command.
+
+    Building it imports no command's implementation (no torch, Ray or pandas): each
+    ``raycl bench`` benchmark (:data:`raycl.cli_bench.BENCHES`) is imported when parsed, the
+    other commands' modules when they run."""
+    from raycl.cli_bench import BENCHES
     from raycl.submit import DEFAULT_ADDRESS
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="raycl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     commands = parser.add_subparsers(dest="command", required=True)
@@ -259,32 +279,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("bench", help="measure speed and memory")
     benches = bench.add_subparsers(dest="bench", required=True)
-    loss = benches.add_parser("loss", help="tiled vs materialised losses vs the GEMM limit")
-    bench_loss.add_arguments(loss)
-    loss.set_defaults(run=bench_loss.main)
-    train_bench = benches.add_parser("train", help="training throughput for 1, 2, … workers")
-    bench_train.add_arguments(train_bench)
-    train_bench.set_defaults(run=bench_train.main)
-    trials = benches.add_parser("trials", help="a Tune trial's overhead beyond its training")
-    bench_trials.add_arguments(trials)
-    trials.set_defaults(run=bench_trials.main)
-    landscape = benches.add_parser(
-        "landscape", help="train every lattice point of a search space (a tabular benchmark)"
-    )
-    bench_landscape.add_arguments(landscape)
-    landscape.set_defaults(run=bench_landscape.main)
-    search = benches.add_parser("search", help="CD vs random vs ASHA at equal compute")
-    bench_search.add_arguments(search)
-    search.set_defaults(run=bench_search.main)
-    gpu = benches.add_parser("gpu", help="correctness, loss, training, nccl on one GPU")
-    bench_gpu.add_arguments(gpu)
-    gpu.set_defaults(run=bench_gpu.main)
-    embed_bench = benches.add_parser("embed", help="raycl embed items/s vs a plain loop")
-    bench_embed.add_arguments(embed_bench)
-    embed_bench.set_defaults(run=bench_embed.main)
-    memory = benches.add_parser("memory", help="step memory and time vs batch, with chunking")
-    bench_memory.add_arguments(memory)
-    memory.set_defaults(run=bench_memory.main)
+    for name, entry in BENCHES.items():
+        sub = benches.add_parser(name, help=entry.help)
+        entry.options(sub)
+        sub.set_defaults(run=_Import(entry.module))
     return parser
 
 

@@ -129,16 +129,6 @@ def table(rates: dict[str, list[float]], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench embed``."""
-    parser.add_argument("--items", type=int, default=8192, help="items in the embedded split")
-    parser.add_argument("--image-size", type=int, default=16, help="items are 3×S×S")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--output", help="also write the markdown table to this file")
-    parser.add_argument("overrides", nargs="*", help="data.* overrides of the embedded set")
-
-
 def main(args: argparse.Namespace) -> None:
     """Measure, print the table, optionally save it."""
     publish("embed", table(measure(args), args), args.output)

@@ -484,17 +484,6 @@ def environment(device: str, dry_run: bool) -> dict:
     return env
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench gpu`` / ``python -m raycl.bench.gpu``."""
-    parser.add_argument("--device", default="cuda", help="cuda (the full run) or cpu")
-    parser.add_argument("--dry-run", action="store_true", help="tiny sizes: seconds, any device")
-    parser.add_argument("--out", help="output folder (default: $OUT, else ./gpu-results)")
-    parser.add_argument(
-        "--stages", nargs="+", default=list(STAGES), choices=STAGES, help="stages to run"
-    )
-    parser.add_argument("--_stage", choices=STAGES, help=argparse.SUPPRESS)
-
-
 def main(args: argparse.Namespace) -> None:
     """Run the stages, each in its own time-boxed process, then write and print ``gpu.md``."""
     plan = DRY if args.dry_run else FULL
@@ -525,8 +514,10 @@ def _first_line(err: BaseException) -> str:
 
 
 if __name__ == "__main__":
+    from raycl.cli_bench import gpu_options
+
     parser = argparse.ArgumentParser(prog="python -m raycl.bench.gpu", description=__doc__)
-    add_arguments(parser)
+    gpu_options(parser)
     try:
         main(parser.parse_args())
     except ValueError as err:

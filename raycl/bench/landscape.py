@@ -220,17 +220,6 @@ def _argv(args: argparse.Namespace) -> Iterable[str]:
     yield from args.overrides
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench landscape``."""
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per lattice point")
-    parser.add_argument("--workers", type=int, default=os.cpu_count(), help="Ray actors")
-    parser.add_argument("--output", default="benchmarks/landscape.parquet")
-    parser.add_argument("--resume", action="store_true", help="keep the runs already done")
-    parser.add_argument("--address", help="Ray cluster to join (default: a fresh local one)")
-    parser.add_argument("--flush-every", type=int, default=10, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the tune config")
-
-
 def main(args: argparse.Namespace) -> None:
     """Build (or complete) the table."""
     print(f"wrote {run(args)}")

@@ -201,28 +201,9 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench loss``."""
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=sorted(LOSSES))
-    parser.add_argument("--sizes", nargs="+", type=int, default=[4096, 8192, 16384, 32768])
-    parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    parser.add_argument(
-        "--max-baseline", type=int, default=32768, help="largest M to run materialised"
-    )
-    parser.add_argument("--repeats", type=int, default=2, help="tiled runs per size (best)")
-    parser.add_argument(
-        "--gemm",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="measure the 3-GEMM reference (slow at very large M)",
-    )
-    parser.add_argument("--output", help="also write the markdown table to this file")
-
-
 def main(args: argparse.Namespace) -> None:
     """Run the benchmark, print the table, optionally save it."""
+    args.families = args.families or list(FAMILIES)  # default: every loss
     publish("loss", table(run(args), args), args.output)
 
 

@@ -301,22 +301,6 @@ def _on_paper(results: dict, args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench memory``."""
-    parser.add_argument("--models", nargs="+", default=["small_cnn", "resnet18"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 1024, 4096, 16384, 65536])
-    parser.add_argument("--chunk-size", type=int, default=256, help="items per encoder chunk")
-    parser.add_argument("--dim", type=int, default=128, help="embedding dimension d")
-    parser.add_argument(
-        "--max-seconds", type=float, default=600, help="skip a size predicted to take longer"
-    )
-    parser.add_argument("--probe-sizes", nargs=2, type=int, default=[8, 16])
-    parser.add_argument(
-        "--paper-chunk-size", type=int, default=64, help="ResNet-50 chunk for the on-paper limit"
-    )
-    parser.add_argument("--output", help="also write the markdown report to this file")
-
-
 def main(args: argparse.Namespace) -> None:
     """Run the benchmark, print the report, optionally save it."""
     publish("memory", table(run(args), args), args.output)

@@ -397,30 +397,6 @@ def command_line(args: argparse.Namespace, budget_epochs: int, delta: float) -> 
     return shlex.join(words)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench search``."""
-    parser.add_argument("table", help="landscape table written by `raycl bench landscape`")
-    parser.add_argument(
-        "--methods", nargs="+", default=["cd:noise=start,eps=0", "random", "asha", "tpe"]
-    )
-    parser.add_argument("--replays", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=2)
-    parser.add_argument("--budget-epochs", type=int, help="default: 40 full trials")
-    parser.add_argument("--budget-trials", type=int, default=None)
-    parser.add_argument("--delta", type=float, help="target regret (default: the pooled σ)")
-    parser.add_argument("--crn", action="store_true", help="one table seed per replay")
-    parser.add_argument("--output", help="write the markdown report here (PNG beside)")
-    parser.add_argument(
-        "--live", action="store_true", help="also run one real `raycl tune` per method"
-    )
-    parser.add_argument("--storage-path", default="raycl_runs/bench-search")
-    parser.add_argument(
-        "--gate",
-        action="store_true",
-        help="print the gate and the landscape's shape, then stop (a partial table will do)",
-    )
-
-
 def main(args: argparse.Namespace) -> None:
     """Gate, replays, report."""
     from rich.progress import track

@@ -71,15 +71,6 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench train``."""
-    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2])
-    parser.add_argument("--epochs", type=int, default=2, help="the last epoch is measured")
-    parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
-    parser.add_argument("--output", help="also write the markdown table to this file")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
-
-
 def main(args: argparse.Namespace) -> None:
     """Run, print the table, optionally save it."""
     publish("train", table(run(args), args), args.output)

@@ -88,14 +88,6 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The options of ``raycl bench trials``."""
-    parser.add_argument("--trials", type=int, default=6)
-    parser.add_argument("--epochs", type=int, default=5, help="epochs per trial")
-    parser.add_argument("--output", help="also write the markdown table to this file")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the tune config")
-
-
 def main(args: argparse.Namespace) -> None:
     """Run, print the table, optionally save it."""
     publish("trials", table(run(args), args), args.output)

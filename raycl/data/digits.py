@@ -18,7 +18,11 @@ from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
-__all__ = ["DigitsDataset"]
+from raycl.data.builder import SOURCE_SPLIT, DatasetBundle, DatasetSpec, assemble
+from raycl.data.transforms import digits_transform, eval_transform
+from raycl.schema import DataConfig
+
+__all__ = ["DIGITS", "DigitsDataset"]
 
 _SPLITS = ("train", "test")
 
@@ -54,3 +58,17 @@ class DigitsDataset(Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+def build_digits(data: DataConfig, seed: int) -> DatasetBundle:
+    """``digits``: scikit-learn digits, embedded, 1x8x8 (``root`` unused)."""
+    datasets = assemble(
+        data,
+        lambda split, transform: DigitsDataset(SOURCE_SPLIT[split], transform),
+        digits_transform(),
+        eval_transform(),
+    )
+    return DatasetBundle(*datasets, num_classes=10, in_channels=1)
+
+
+DIGITS = DatasetSpec(build_digits, evaluation=eval_transform)

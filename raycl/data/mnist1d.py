@@ -35,7 +35,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
-__all__ = ["MNIST1DDataset", "Mnist1dSpec", "SignalAugment", "load_mnist1d"]
+from raycl.data.builder import SOURCE_SPLIT, DatasetBundle, DatasetSpec, assemble
+from raycl.schema import DataConfig
+
+__all__ = ["MNIST1D", "MNIST1DDataset", "Mnist1dSpec", "SignalAugment", "load_mnist1d"]
 
 DEFAULT_CACHE = Path("~/.cache/raycl/mnist1d")
 _ARRAYS = ("x_train", "y_train", "x_test", "y_test")
@@ -177,3 +180,30 @@ class MNIST1DDataset(Dataset):
         if self.transform is not None:
             signal = self.transform(signal)
         return signal, self.targets[index]
+
+
+def build_mnist1d(data: DataConfig, seed: int) -> DatasetBundle:
+    """``mnist1d``: 1x40 signals, ``num_items`` training and ``num_test_items`` test signals
+    (default 5,000 and 10,000), cached under ``root`` (default ``~/.cache/raycl/mnist1d``);
+    ``num_train_classes`` gives the class-disjoint split (train on the first classes, test on
+    the rest)."""
+    spec = Mnist1dSpec(
+        num_train=data.num_items or Mnist1dSpec.num_train,
+        num_test=data.num_test_items or Mnist1dSpec.num_test,
+    )
+    train_classes = test_classes = None
+    if data.num_train_classes is not None:  # in [1, 9]: check_data
+        n = data.num_train_classes
+        train_classes, test_classes = list(range(n)), list(range(n, 10))
+    cache = data.root  # None: ~/.cache/raycl/mnist1d
+
+    def open_split(split: str, transform: Callable | None) -> Dataset:
+        source = SOURCE_SPLIT[split]
+        classes = train_classes if source == "train" else test_classes
+        return MNIST1DDataset(source, spec, transform, classes, cache)
+
+    datasets = assemble(data, open_split, SignalAugment(), None)
+    return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=1)
+
+
+MNIST1D = DatasetSpec(build_mnist1d)

@@ -23,12 +23,23 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms.v2.functional import to_pil_image
 
+from raycl.data.builder import (
+    SOURCE_SPLIT,
+    DatasetBundle,
+    DatasetSpec,
+    assemble,
+    require_root,
+    split_dirs,
+)
+from raycl.data.transforms import IMAGENET
 from raycl.errors import DataError, first_line
+from raycl.schema import DataConfig
 
 if TYPE_CHECKING:
     import ray.data
 
 __all__ = [
+    "PARQUET",
     "SCHEMA",
     "ParquetImageDataset",
     "decode_image_bytes",
@@ -196,3 +207,19 @@ def read_ray_dataset(path: str | Path, **read_kwargs: Any) -> ray.data.Dataset:
     import ray.data
 
     return ray.data.read_parquet(str(path), **read_kwargs)
+
+
+def build_parquet(data: DataConfig, seed: int) -> DatasetBundle:
+    """``parquet``: ``root/train`` and ``root/test`` (or ``root/val``) folders of Parquet files
+    (RGB)."""
+    folder = split_dirs(require_root(data))
+    datasets = assemble(
+        data,
+        lambda split, transform: ParquetImageDataset(folder[SOURCE_SPLIT[split]], transform),
+        *IMAGENET.transforms(data.image_size),
+    )
+    num_classes = 1 + max(max(datasets[1].targets), max(datasets[2].targets))
+    return DatasetBundle(*datasets, num_classes=num_classes, in_channels=3)
+
+
+PARQUET = DatasetSpec(build_parquet, required=("root",), recipe=IMAGENET)

@@ -21,7 +21,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["SyntheticDataset", "held_out_size"]
+from raycl.data.builder import SOURCE_SPLIT, DatasetBundle, DatasetSpec, assemble
+from raycl.data.transforms import TensorJitter
+from raycl.schema import DataConfig
+
+__all__ = ["SYNTHETIC", "SyntheticDataset", "held_out_size"]
 
 _SPLITS = ("train", "test")
 
@@ -87,3 +91,27 @@ def _normal(shape: tuple[int, ...], seed: int, stream: int, index: int) -> torch
 def held_out_size(num_items: int) -> int:
     """Held-out items generated beside ``num_items`` training items: a fifth, at least one."""
     return max(1, math.ceil(num_items / 5))
+
+
+def build_synthetic(data: DataConfig, seed: int) -> DatasetBundle:
+    """``synthetic``: ``num_items`` generated tensors of ``item_shape`` in ``num_classes``
+    classes, deterministic from ``seed``, plus a held-out fifth for evaluation; two views by
+    :class:`~raycl.data.transforms.TensorJitter` (random shift + Gaussian noise)."""
+    sizes = {"train": data.num_items, "test": held_out_size(data.num_items)}
+
+    def open_split(split: str, transform: Callable) -> Dataset:
+        source = SOURCE_SPLIT[split]
+        return SyntheticDataset(
+            sizes[source],
+            data.item_shape,
+            data.num_classes,
+            split=source,
+            seed=seed,
+            transform=transform,
+        )
+
+    datasets = assemble(data, open_split, TensorJitter(), None)
+    return DatasetBundle(*datasets, num_classes=data.num_classes, in_channels=data.item_shape[0])
+
+
+SYNTHETIC = DatasetSpec(build_synthetic, required=("num_items", "item_shape", "num_classes"))

@@ -4,18 +4,22 @@ Every recipe accepts a PIL image or an image tensor ``(C, H, W)`` (uint8 or floa
 and returns a plain float32 tensor ``(C, H, W)``. :class:`MultiViewTransform` turns a recipe
 into the contrastive input: ``V`` independently augmented views stacked as ``(V, C, H, W)``.
 :class:`TensorJitter` augments generated tensors of any shape (shift + noise, no image ops).
+A :class:`Recipe` holds one photo data set family's settings of both transforms.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torchvision.transforms import v2
 
 __all__ = [
+    "IMAGENET",
     "MultiViewTransform",
+    "Recipe",
     "TensorJitter",
     "digits_transform",
     "eval_transform",
@@ -150,3 +154,28 @@ class TensorJitter:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(max_shift={self.max_shift}, noise={self.noise})"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Augmentation settings of one data set family."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    strength: float = 1.0  # SimCLR colour-jitter strength (0.5 on CIFAR)
+    blur_p: float = 0.5  # SimCLR blur probability (none on CIFAR)
+    crop_fraction: float = 0.875  # evaluation centre-crop fraction (1 for small images)
+
+    def transforms(self, image_size: int | None) -> tuple[Callable, Callable]:
+        """(contrastive augmentation, evaluation transform) at ``image_size`` or the default."""
+        size = image_size or self.size
+        stats = {"mean": self.mean, "std": self.std}
+        return (
+            simclr_transform(size, strength=self.strength, blur_p=self.blur_p, **stats),
+            eval_transform(size, crop_fraction=self.crop_fraction, **stats),
+        )
+
+
+# Photos of any size (image folders, Parquet): ImageNet's statistics, 224 crops.
+IMAGENET = Recipe(224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))

@@ -6,17 +6,47 @@
 * :func:`image_folder` opens an ``ImageFolder`` tree (one sub-folder of images per class).
 * :class:`ClassSplitImageFolder` is the class-disjoint split of deep metric learning
   (CUB-200-2011, Cars196, Stanford Online Products arranged as one folder per class).
+
+The data sets built on them: ``cifar10``, ``cifar100``, ``stl10`` (torchvision's files),
+``imagefolder`` (train/test trees) and ``cub200``, ``cars196``, ``sop`` (one tree split by
+class).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from torch.utils.data import Dataset
+from torchvision import datasets
 from torchvision.datasets import ImageFolder, VisionDataset
 
-__all__ = ["ClassSplitImageFolder", "image_folder", "open_torchvision"]
+from raycl.data.builder import (
+    SOURCE_SPLIT,
+    DatasetBundle,
+    DatasetSpec,
+    assemble,
+    require_root,
+    split_dirs,
+)
+from raycl.data.transforms import IMAGENET, Recipe
+from raycl.schema import DataConfig
+
+__all__ = [
+    "CARS196",
+    "CIFAR10",
+    "CIFAR100",
+    "CUB200",
+    "IMAGEFOLDER",
+    "SOP",
+    "STL10",
+    "ClassSplitImageFolder",
+    "image_folder",
+    "open_torchvision",
+]
 
 D = TypeVar("D", bound=VisionDataset)
 
@@ -84,3 +114,98 @@ class ClassSplitImageFolder(ImageFolder):
             )
         kept = classes[:n] if self.split == "train" else classes[n:]
         return kept, {name: index for index, name in enumerate(kept)}
+
+
+# --- the data sets ---------------------------------------------------------------------------
+
+
+def build_torchvision(
+    cls: type[VisionDataset],
+    split_kwargs: dict[str, dict[str, Any]],
+    recipe: Recipe,
+    num_classes: int,
+    data: DataConfig,
+    seed: int,
+) -> DatasetBundle:
+    """``cifar10``, ``cifar100``: torchvision's python pickles under ``root``, 32x32.
+    ``stl10``: torchvision's binaries under ``root``; contrastive training on train+unlabeled
+    (label -1 for unlabeled images), evaluation on train/test; 96x96."""
+    root = require_root(data)
+
+    def open_split(split: str, transform: Callable) -> Dataset:
+        return open_torchvision(
+            cls, root, download=data.download, transform=transform, **split_kwargs[split]
+        )
+
+    splits = assemble(data, open_split, *recipe.transforms(data.image_size))
+    return DatasetBundle(*splits, num_classes=num_classes, in_channels=3)
+
+
+def _torchvision_set(
+    cls: type[VisionDataset],
+    split_kwargs: dict[str, dict[str, Any]],
+    recipe: Recipe,
+    num_classes: int,
+) -> DatasetSpec:
+    build = partial(build_torchvision, cls, split_kwargs, recipe, num_classes)
+    return DatasetSpec(build, required=("root",), recipe=recipe)
+
+
+def build_imagefolder(data: DataConfig, seed: int) -> DatasetBundle:
+    """``imagefolder``: ``root/train`` and ``root/test`` (or ``root/val``) ImageFolder trees."""
+    folder = split_dirs(require_root(data))
+    splits = assemble(
+        data,
+        lambda split, transform: image_folder(folder[SOURCE_SPLIT[split]], transform),
+        *IMAGENET.transforms(data.image_size),
+    )
+    return DatasetBundle(*splits, num_classes=len(splits[1].classes), in_channels=3)
+
+
+def build_class_split(default_train_classes: int, data: DataConfig, seed: int) -> DatasetBundle:
+    """``cub200``, ``cars196``, ``sop``: one ImageFolder tree at ``root`` split by class (first
+    ``default_train_classes`` sorted classes train, the rest test; ``num_train_classes``
+    overrides); ``num_classes`` counts the test classes (as NMI / recall use)."""
+    root = require_root(data)
+    num_train = data.num_train_classes or default_train_classes
+    splits = assemble(
+        data,
+        lambda split, transform: ClassSplitImageFolder(
+            root, SOURCE_SPLIT[split], num_train, transform
+        ),
+        *IMAGENET.transforms(data.image_size),
+    )
+    return DatasetBundle(*splits, num_classes=len(splits[2].classes), in_channels=3)
+
+
+def _class_split_set(default_train_classes: int) -> DatasetSpec:
+    build = partial(build_class_split, default_train_classes)
+    return DatasetSpec(build, required=("root",), recipe=IMAGENET)
+
+
+_CIFAR_SPLITS = {"contrastive": {"train": True}, "train": {"train": True}, "test": {"train": False}}
+_STL10_SPLITS = {
+    "contrastive": {"split": "train+unlabeled"},
+    "train": {"split": "train"},
+    "test": {"split": "test"},
+}
+_CIFAR10_RECIPE = Recipe(
+    size=32,
+    mean=(0.4914, 0.4822, 0.4465),
+    std=(0.2470, 0.2435, 0.2616),
+    strength=0.5,
+    blur_p=0.0,
+    crop_fraction=1.0,
+)
+_CIFAR100_RECIPE = replace(
+    _CIFAR10_RECIPE, mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)
+)
+_STL10_RECIPE = Recipe(96, IMAGENET.mean, IMAGENET.std, crop_fraction=1.0)
+
+CIFAR10 = _torchvision_set(datasets.CIFAR10, _CIFAR_SPLITS, _CIFAR10_RECIPE, 10)
+CIFAR100 = _torchvision_set(datasets.CIFAR100, _CIFAR_SPLITS, _CIFAR100_RECIPE, 100)
+STL10 = _torchvision_set(datasets.STL10, _STL10_SPLITS, _STL10_RECIPE, 10)
+IMAGEFOLDER = DatasetSpec(build_imagefolder, required=("root",), recipe=IMAGENET)
+CUB200 = _class_split_set(100)
+CARS196 = _class_split_set(98)
+SOP = _class_split_set(11318)

@@ -1,0 +1,90 @@
+"""What a data set's builder returns (:class:`DatasetBundle`), its registry entry
+(:class:`DatasetSpec`), and the split helpers the builders share.
+
+A builder ``(data: DataConfig, seed) -> DatasetBundle`` opens three splits through one
+``open_split(split, transform)``: ``"contrastive"`` (training data with multi-view
+augmentation), ``"train"`` and ``"test"`` (evaluation transform). For every source but
+STL-10 (which adds its unlabeled images) ``"contrastive"`` reads the same files as ``"train"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch.utils.data import Dataset
+
+from raycl.data.transforms import MultiViewTransform, Recipe
+from raycl.schema import DataConfig
+
+__all__ = [
+    "SOURCE_SPLIT",
+    "DatasetBundle",
+    "DatasetSpec",
+    "OpenSplit",
+    "assemble",
+    "require_root",
+    "split_dirs",
+]
+
+
+class DatasetBundle(NamedTuple):
+    """What :func:`~raycl.data.build_datasets` returns (unpacks as a 5-tuple)."""
+
+    train_contrastive: Dataset  # train split, items (views (V, C, H, W), label)
+    train_eval: Dataset  # train split, items (image (C, H, W), label)
+    test_eval: Dataset  # test split, items (image (C, H, W), label)
+    num_classes: int
+    in_channels: int
+
+
+def _float_tensor() -> Callable[[Any], torch.Tensor]:
+    return partial(torch.as_tensor, dtype=torch.float32)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A :data:`~raycl.data.DATASETS` entry: how to build one data set and what it needs."""
+
+    build: Callable[[DataConfig, int], DatasetBundle]
+    required: tuple[str, ...] = ()  # data.* keys it cannot do without
+    # photo sets: the augmentation and evaluation transform of a decoded image
+    recipe: Recipe | None = None
+    # other sets: the evaluation transform of a raw item (an array or tensor)
+    evaluation: Callable[[], Callable[[Any], torch.Tensor]] = _float_tensor
+
+
+OpenSplit = Callable[[str, Callable | None], Dataset]
+SOURCE_SPLIT = {"contrastive": "train", "train": "train", "test": "test"}
+
+
+def assemble(
+    data: DataConfig,
+    open_split: OpenSplit,
+    train_transform: Callable,
+    test_transform: Callable | None,
+) -> tuple[Dataset, Dataset, Dataset]:
+    """The contrastive (``data.num_views`` views of ``train_transform``), train and test splits."""
+    views = MultiViewTransform(train_transform, data.num_views)
+    return (
+        open_split("contrastive", views),
+        open_split("train", test_transform),
+        open_split("test", test_transform),
+    )
+
+
+def require_root(data: DataConfig) -> Path:
+    """``data.root``, which a data set read from files cannot do without."""
+    if data.root is None:
+        raise ValueError(f"data.root is required for data set {data.name!r}")
+    return Path(data.root)
+
+
+def split_dirs(root: Path) -> dict[str, Path]:
+    """``root/train`` and the first of ``root/test``, ``root/val`` that exists, by split."""
+    test = next((root / d for d in ("test", "val") if (root / d).is_dir()), root / "test")
+    return {"train": root / "train", "test": test}
