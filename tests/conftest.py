@@ -1,9 +1,10 @@
 """Shared test helpers: a tiny training recipe, a real local Ray cluster, Ray nodes started
 with ``ray start``, a spawned process group whose ranks save their results; tests marked
-``cuda`` skip where there is no CUDA."""
+``cuda`` skip where there is no CUDA; the suite's time budget (``tests/README.md``)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -24,6 +25,17 @@ TINY_TRAINING = [
 ]
 
 RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
+
+# Ray Train's controller looks at its workers every 2 s by default, so each start, report and
+# end of a run waits up to 2 s in idle time; the suite's runs are seconds long. Every Ray the
+# tests start (in this process or a subprocess) inherits this.
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
+
+# The time budget (tests/README.md): a test without the `slow` mark, setup and teardown
+# included, within FAST_TEST_BUDGET_S; every `slow` test together within SLOW_TIER_BUDGET_S.
+FAST_TEST_BUDGET_S = 5.0
+SLOW_TIER_BUDGET_S = 600.0
+_durations: dict[str, list] = {}
 
 
 def free_port() -> int:
@@ -80,3 +92,24 @@ def spawn_world(worker: Callable, tmp: Path, world: int) -> list[dict]:
         env.setenv("OMP_NUM_THREADS", "1")
         mp.spawn(worker, args=(str(tmp / "init"), str(tmp)), nprocs=world, join=True)
     return [torch.load(tmp / f"rank{r}.pt", weights_only=False) for r in range(world)]
+
+
+def pytest_runtest_logreport(report) -> None:
+    """Adds up each test's setup, call and teardown time, with whether it is `slow`."""
+    seconds, slow = _durations.get(report.nodeid, (0.0, False))
+    _durations[report.nodeid] = [seconds + report.duration, slow or "slow" in report.keywords]
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Prints every test over its budget and the slow tier's total against its budget."""
+    over = [(s, n) for n, (s, slow) in _durations.items() if not slow and s > FAST_TEST_BUDGET_S]
+    slow_total = sum(s for s, slow in _durations.values() if slow)
+    write = terminalreporter.write_line
+    if over:
+        terminalreporter.section(f"tests over the {FAST_TEST_BUDGET_S:.0f} s budget (not slow)")
+        for seconds, nodeid in sorted(over, reverse=True):
+            write(f"{seconds:6.1f} s  {nodeid}")
+    if slow_total:
+        verdict = "within" if slow_total <= SLOW_TIER_BUDGET_S else "OVER"
+        budget = f"{SLOW_TIER_BUDGET_S:.0f} s budget"
+        write(f"slow tests: {slow_total:.0f} s in all, {verdict} the {budget}")
