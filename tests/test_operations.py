@@ -138,7 +138,7 @@ def test_killed_tune_driver_resumes_without_rerunning_trials(tmp_path):
         "tune",
         *TINY_TRAINING,
         "search=cd",
-        "search.budget_trials=6",
+        "search.budget_trials=4",
         "search.max_concurrent_trials=1",
         f"storage_path={tmp_path}",
         "name=resume",
@@ -155,16 +155,16 @@ def test_killed_tune_driver_resumes_without_rerunning_trials(tmp_path):
     experiment = tmp_path / "resume"
     deadline = time.time() + 240
     while time.time() < deadline and len(finished_trials(experiment)) < 2:
-        time.sleep(1)
+        time.sleep(0.2)
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     before = finished_trials(experiment)
-    assert 2 <= len(before) < 6
+    assert 2 <= len(before) < 4
 
     resumed = raycl(*args, "search.resume=true", env=env, timeout=400)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     after = finished_trials(experiment)
-    assert len(after) == 6
+    assert len(after) == 4
     for trial_id, config in before.items():  # finished trials kept, not rerun
         assert after[trial_id] == config
     configs = [json.dumps(c, sort_keys=True) for c in after.values()]
@@ -215,11 +215,8 @@ def head_node(tmp_path_factory):
             time.sleep(2)
         yield {"address": address, "token": token, "storage": tmp_path_factory.mktemp("jobs")}
     finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
+        os.killpg(head.pid, signal.SIGKILL)  # its own session: this node's processes only
+        head.wait()
         # `ray start` records the cluster for later `ray.init()` calls; forget ours.
         current = Path("/tmp/ray/ray_current_cluster")
         if current.exists() and current.read_text().strip().endswith(f":{gcs_port}"):
@@ -239,6 +236,7 @@ def test_submit_with_token_runs_a_training_job(head_node):
         *TINY_TRAINING,
         "epochs=1",
         "cluster.address=auto",
+        "cluster.num_workers=0",  # the job trains in its driver: what is tested is the job
         f"storage_path={head_node['storage']}",
         env={"RAY_AUTH_TOKEN": head_node["token"]},
         timeout=400,
