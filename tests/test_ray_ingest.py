@@ -43,39 +43,45 @@ def root(tmp_path_factory) -> Path:
 
 
 def _one_epoch_of_labels(config: dict) -> None:
-    """A Ray Train worker: one epoch of raycl's training batches; the labels it saw."""
+    """A Ray Train worker: one epoch of raycl's training batches by each ingest; the labels
+    it saw by each."""
     import ray.train
 
     from raycl.data import build_datasets
     from raycl.session import RayTrainSession
 
-    cfg = config["config"]
     session = RayTrainSession()
-    bundle = build_datasets(cfg.data, cfg.seed)
-    batches = session.training_batches(bundle.train_contrastive, cfg.data, cfg.seed)
-    seen, shapes = [], set()
-    for views, labels in batches:
-        seen += [int(y) for y in labels]
-        shapes.add(tuple(views.shape))
-    record = {"labels": seen, "len": len(batches), "shapes": sorted(shapes)}
+    record = {}
+    for ingest, cfg in config["configs"].items():
+        bundle = build_datasets(cfg.data, cfg.seed)
+        batches = session.training_batches(bundle.train_contrastive, cfg.data, cfg.seed)
+        seen, shapes = [], set()
+        for views, labels in batches:
+            seen += [int(y) for y in labels]
+            shapes.add(tuple(views.shape))
+        record[ingest] = {"labels": seen, "len": len(batches), "shapes": sorted(shapes)}
     rank = ray.train.get_context().get_world_rank()
     (Path(config["out"]) / f"rank{rank}.json").write_text(json.dumps(record))
 
 
-def labels_per_rank(root: Path, out: Path, ingest: str) -> list[dict]:
+def labels_per_rank(root: Path, out: Path) -> list[dict]:
+    """One two-worker run that reads an epoch by each ingest (the DataLoader with Ray Train's
+    distributed sampler, and Ray Data's shards): per rank, what each ingest gave it."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from raycl.data.ray_ingest import contrastive_dataset
 
-    cfg = load_config([*PARQUET, f"data.root={root}", f"data.ingest={ingest}"])
-    out.mkdir()
+    configs = {
+        ingest: load_config([*PARQUET, f"data.root={root}", f"data.ingest={ingest}"])
+        for ingest in ("loader", "ray_data")
+    }
     TorchTrainer(
         _one_epoch_of_labels,
-        train_loop_config={"config": cfg, "out": str(out)},
+        train_loop_config={"configs": configs, "out": str(out)},
         scaling_config=ScalingConfig(num_workers=WORKERS),
-        datasets={"train": contrastive_dataset(cfg.data)} if ingest == "ray_data" else None,
-        run_config=RunConfig(storage_path=str(out / "storage"), name=ingest),
+        datasets={"train": contrastive_dataset(configs["ray_data"].data)},
+        run_config=RunConfig(storage_path=str(out / "storage"), name="ingest"),
     ).fit()
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(WORKERS)]
 
@@ -83,14 +89,15 @@ def labels_per_rank(root: Path, out: Path, ingest: str) -> list[dict]:
 def test_each_worker_gets_a_disjoint_shard_covering_what_the_loader_covers(
     ray_cluster, root, tmp_path
 ):
+    ranks = labels_per_rank(root, tmp_path)
     coverage = {}
     for ingest in ("loader", "ray_data"):
-        ranks = labels_per_rank(root, tmp_path / ingest, ingest)
-        per_rank = [set(r["labels"]) for r in ranks]
+        per_rank = [set(r[ingest]["labels"]) for r in ranks]
         assert not per_rank[0] & per_rank[1], ingest  # disjoint
         for r in ranks:
-            assert len(r["labels"]) == r["len"] * BATCH == ITEMS // WORKERS // BATCH * BATCH
-            assert r["shapes"] == [[BATCH, 2, 3, 8, 8]]  # (B, V, C, H, W)
+            got = r[ingest]
+            assert len(got["labels"]) == got["len"] * BATCH == ITEMS // WORKERS // BATCH * BATCH
+            assert got["shapes"] == [[BATCH, 2, 3, 8, 8]]  # (B, V, C, H, W)
         coverage[ingest] = per_rank[0] | per_rank[1]
     assert coverage["ray_data"] == coverage["loader"] == set(range(ITEMS))
 
