@@ -105,11 +105,11 @@ def test_chunked_training_reports_and_writes_history(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_with_same_name_resumes(ray_cluster, tmp_path):
-    first = run(tmp_path, "name=resume", "epochs=2")
-    second = run(tmp_path, "name=resume", "epochs=4")
+def test_rerun_with_same_name_resumes(clean):
+    storage, first = clean  # a finished 3-epoch run, extended to 4 by the same name
+    second = run(storage, "name=clean", "loss=tcl", "epochs=4")
     assert [h["epoch"] for h in second.history] == [0, 1, 2, 3]
-    assert second.history[:2] == first.history
+    assert second.history[:3] == first.history
 
 
 @pytest.mark.slow
