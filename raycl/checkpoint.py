@@ -9,7 +9,7 @@ A run directory (``storage_path/name``) holds one directory per reported epoch,
 * ``run.json`` (rank 0): what the checkpoint is without its run, the training config, the input
   shape, the input channels and the number of classes (:func:`recorded_config`);
 * ``rng-rank<r>.pt`` (every rank): that rank's Python, NumPy and torch RNG states, as plain
-  data (:func:`rng_states`);
+  data (:func:`rng_states`), and its training loader's generator (``loader``);
 * ``checksums-rank<r>.json`` (every rank, written last): the SHA-256 of each file that rank wrote.
 
 No code from data: every ``.pt`` file is read with ``torch.load(weights_only=True)`` (tensors,
