@@ -8,8 +8,14 @@ A run directory (``storage_path/name``) holds one directory per reported epoch,
 * ``history.json`` (rank 0): the same history and ``initial`` as JSON, readable without torch;
 * ``run.json`` (rank 0): what the checkpoint is without its run, the training config, the input
   shape, the input channels and the number of classes (:func:`recorded_config`);
-* ``rng-rank<r>.pt`` (every rank): that rank's Python, NumPy and torch RNG states;
+* ``rng-rank<r>.pt`` (every rank): that rank's Python, NumPy and torch RNG states, as plain
+  data (:func:`rng_states`), and its training loader's generator (``loader``);
 * ``checksums-rank<r>.json`` (every rank, written last): the SHA-256 of each file that rank wrote.
+
+No code from data: every ``.pt`` file is read with ``torch.load(weights_only=True)`` (tensors,
+containers, numbers, strings), so a shared checkpoint cannot run code when it is loaded; one
+whose pickle needs anything else (a class or function it could call) is refused with one line
+naming the file (:func:`safe_load`). Checksum lists name files of their own directory only.
 
 The checksums are there because a checkpoint can be cut short (a worker killed while writing, a
 full disk, an interrupted copy to remote storage) and still look whole: a resumed run, the
@@ -25,14 +31,19 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import pickle
+import random
 import re
 import sys
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from raycl.errors import CheckpointError
+from raycl.errors import CheckpointError, first_line
 from raycl.schema import TrainConfig
 
 STATE_FILE = "state.pt"
@@ -72,24 +83,118 @@ def write_checkpoint(
 
 def load_state(directory: str | Path) -> dict[str, Any]:
     """The checkpoint's state (model, optimiser, scheduler, epoch, history), on the CPU."""
-    return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    return safe_load(Path(directory) / STATE_FILE)
 
 
 def load_rng(directory: str | Path, rank: int) -> dict[str, Any] | None:
     """Rank ``rank``'s RNG states, None when the checkpoint has none for it."""
     path = Path(directory) / rng_file(rank)
-    return torch.load(path, weights_only=False) if path.exists() else None
+    return safe_load(path, allow=_NUMPY_ARRAY) if path.exists() else None
+
+
+# what the previous format's rng files need: NumPy's state as an array (``np.random.get_state``)
+_NUMPY_CORE = getattr(np, "_core", None) or np.core  # NumPy 2 | NumPy 1
+_NUMPY_ARRAY = (
+    _NUMPY_CORE.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+)
+
+
+def safe_load(path: Path, allow: Sequence[Any] = ()) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with exactly the globals ``allow``
+    lists besides tensors and plain data: a file whose pickle needs anything else is refused
+    with one line naming the file and what it needs, before any of it runs."""
+    try:
+        with warnings.catch_warnings(), torch.serialization.safe_globals(list(allow)):
+            # a foreign pickle's protocol warning is noise beside the one line below
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"torch\.")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        what = _unsafe_globals(path, allow) or _first_unsafe_global(err)
+        raise CheckpointError(
+            f"{path}: refused: loading it needs {what}, which could run code "
+            "(a checkpoint holds tensors and plain data only); it was not loaded"
+        ) from None
+    except Exception as err:  # not a torch file, or a malformed pickle: whatever it raises
+        raise CheckpointError(f"{path}: cannot be read ({first_line(err)})") from None
+
+
+def _unsafe_globals(path: Path, allow: Sequence[Any]) -> str | None:
+    """What the pickle in ``path`` needs beyond ``allow`` and torch's safe types, read from
+    its opcodes without running them (None when that cannot tell)."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in allow}
+    try:
+        needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint: the unpickler's message names the first one
+        return None
+    needed = [n for n in needed if n not in allowed and re.fullmatch(r"[\w.]{1,200}", n)]
+    return ", ".join(needed[:3]) + (", ..." if len(needed) > 3 else "") if needed else None
+
+
+def _first_unsafe_global(err: BaseException) -> str:
+    needed = re.search(r"Unsupported global: GLOBAL ([\w.]{1,200})", str(err))
+    return needed.group(1) if needed else "more than tensors and plain data"
+
+
+def rng_states() -> dict[str, Any]:
+    """This process's Python, NumPy and torch RNG states as plain data (what ``rng-rank<r>.pt``
+    holds): Python's as its tuple of ints, NumPy's MT19937 key as an int64 tensor."""
+    numpy = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            "bit_generator": str(numpy["bit_generator"]),
+            "key": torch.from_numpy(numpy["state"]["key"].astype(np.int64)),
+            "pos": int(numpy["state"]["pos"]),
+            "has_gauss": int(numpy["has_gauss"]),
+            "gauss": float(numpy["gauss"]),
+        },
+        "torch": torch.get_rng_state(),
+    }
+
+
+def set_rng_states(rng: dict[str, Any]) -> None:
+    """Set this process's RNGs to ``rng`` (:func:`rng_states`; NumPy's state may also be the
+    previous format's ``np.random.get_state()`` tuple)."""
+    random.setstate(rng["python"])
+    numpy = rng["numpy"]
+    if isinstance(numpy, dict):
+        numpy = {
+            "bit_generator": numpy["bit_generator"],
+            "state": {"key": numpy["key"].numpy().astype(np.uint32), "pos": numpy["pos"]},
+            "has_gauss": numpy["has_gauss"],
+            "gauss": numpy["gauss"],
+        }
+    np.random.set_state(numpy)
+    torch.set_rng_state(rng["torch"])
 
 
 def write_checksums(directory: Path, rank: int) -> None:
     """SHA-256 of the files this rank wrote into a checkpoint, written last: a checkpoint
     whose copy was cut short, or whose files changed, fails :func:`verify_checkpoint`."""
     digests = {
-        f.name: hashlib.sha256(f.read_bytes()).hexdigest()
+        f.name: _sha256(f)
         for f in sorted(directory.iterdir())
         if f.is_file() and not f.name.startswith("checksums-")
     }
     (directory / checksum_file(rank)).write_text(json.dumps(digests))
+
+
+def _sha256(path: Path) -> str:
+    with path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _is_file_name(name: Any) -> bool:
+    """Whether ``name`` names a file of the checkpoint's own directory (no folder, no ``..``)."""
+    return (
+        isinstance(name, str)
+        and name not in ("", ".", "..")
+        and not any(c in name for c in "/\\\0")
+        and not Path(name).is_absolute()
+    )
 
 
 def verify_checkpoint(directory: str | Path) -> str | None:
@@ -102,9 +207,17 @@ def verify_checkpoint(directory: str | Path) -> str | None:
     if not lists:
         return "no checksums"
     for listing in lists:
-        for name, digest in json.loads(listing.read_text()).items():
+        try:
+            listed = json.loads(listing.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            listed = None
+        if not isinstance(listed, dict):
+            return f"{listing.name} is not a checksum list"
+        for name, digest in listed.items():
+            if not _is_file_name(name):
+                return f"{listing.name} names {name!r}, not a file of the checkpoint"
             path = directory / name
-            if not path.is_file() or hashlib.sha256(path.read_bytes()).hexdigest() != digest:
+            if not path.is_file() or _sha256(path) != digest:
                 return f"{name} does not match its checksum"
     return None
 

@@ -225,7 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
     tune.set_defaults(run=_tune)
 
     analyze = commands.add_parser(
-        "analyze", help="tables, Parquet and plots of Tune results; maps of a run's embeddings"
+        "analyze",
+        help="tables, Parquet and plots of Tune results; maps of a run's embeddings "
+        "(trusted experiments only)",
+        description="Tables, Parquet and plots of Tune experiments; maps of a run's embeddings. "
+        "Ray unpickles an experiment's trial state when it reads it, and unpickling can run "
+        "code: analyse only experiments you trust (ones you ran, or from someone you trust). "
+        "A run directory's checkpoints load without pickle code.",
     )
     analyze.add_argument(
         "experiments", nargs="+", help="Tune experiment path(s) or URI(s), or run directories"

@@ -31,8 +31,9 @@ class DataError(RayclError, ValueError):
 
 
 class CheckpointError(RayclError):
-    """A path that is not a raycl run or checkpoint, or a checkpoint that does not verify
-    or does not fit its model (one line, naming the path)."""
+    """A path that is not a raycl run or checkpoint, a checkpoint that does not verify, does
+    not fit its model or whose loading would need more than tensors and plain data (code it
+    could run), or a saved search state that cannot be restored (one line, naming the path)."""
 
 
 class TrainingDiverged(RayclError, RuntimeError):

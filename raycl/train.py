@@ -25,7 +25,14 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from raycl.checkpoint import good_checkpoint, load_rng, load_state, write_checkpoint
+from raycl.checkpoint import (
+    good_checkpoint,
+    load_rng,
+    load_state,
+    rng_states,
+    set_rng_states,
+    write_checkpoint,
+)
 from raycl.data import DatasetBundle, build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.errors import DataError, TrainingDiverged
@@ -311,20 +318,20 @@ def _restore(checkpoint: Any, run: TrainingRun) -> dict[str, Any]:
     run.optimizer.load_state_dict(state["optimizer"])
     run.scheduler.load_state_dict(state["scheduler"])
     if rng is not None:
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.set_rng_state(rng["torch"])
+        set_rng_states(rng)
+        generator = _loader_generator(run)
+        if generator is not None and "loader" in rng:
+            generator.set_state(rng["loader"])
     return state
 
 
 def _report(run: TrainingRun, metrics: dict[str, float], epoch: int) -> None:
     """Write this epoch's checkpoint (rank 0: the state; every rank: its RNG) and report."""
     rank = run.session.rank
-    rng = {
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-        "torch": torch.get_rng_state(),
-    }
+    rng = rng_states()
+    generator = _loader_generator(run)
+    if generator is not None:  # the shuffle order and loader workers' seeds of later epochs
+        rng["loader"] = generator.get_state()
     state = record = None
     if rank == 0:
         state = {
@@ -350,6 +357,11 @@ def _run_record(run: TrainingRun) -> dict[str, Any]:
         "input_shape": list(item.shape),
         "num_classes": run.bundle.num_classes,
     }
+
+
+def _loader_generator(run: TrainingRun) -> torch.Generator | None:
+    """The training loader's own generator (None for Ray Data shards)."""
+    return getattr(run.loader, "generator", None)
 
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -43,21 +43,32 @@ Each point is evaluated with ``repeats`` seeds (config key ``seed`` = ``seed``, 
 …; a confirmation or a later round adds the next seeds) and scored by the mean of its
 measurements. Evaluated points are cached by their snapped config, so no (config, seed) is
 suggested twice. Errored trials, and results without a finite metric, score worst possible.
+
+The saved state (``save``/``restore``, Tune's experiment checkpoint) is JSON, so restoring a
+search runs no code from its file: what JSON has no type for is a one-key object,
+``{"__tuple__": [...]}``, ``{"__set__": [...]}``, ``{"__dict__": [[key, value], ...]}`` (a
+dict whose keys are not all strings, e.g. the cache's point tuples and repeat numbers),
+``{"__float__": "inf" | "-inf" | "nan"}``, and the searcher's own records
+``{"__class__": name, "fields": {...}}`` for exactly :data:`_SAVED_CLASSES`. Finite floats
+are written by ``repr`` and read back bit for bit.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
-import pickle
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from ray.tune.search import UNDEFINED_METRIC_MODE, Searcher
 from ray.tune.search.sample import Domain
 
-from raycl.search.space import SearchSpace, as_search_space
+from raycl.errors import CheckpointError
+from raycl.search.space import Coordinate, SearchSpace, as_search_space
 
 SEED_KEY = "seed"
 
@@ -263,14 +274,24 @@ class CoordinateDescentSearcher(Searcher):
         self._advance()
 
     def save(self, checkpoint_path: str) -> None:
-        """Pickle the whole search state."""
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__, f)
+        """The whole search state as JSON (the module docstring has the encoding)."""
+        state = {"format": _STATE_FORMAT, "state": _to_json(self.__dict__)}
+        Path(checkpoint_path).write_text(json.dumps(state, allow_nan=False))
 
     def restore(self, checkpoint_path: str) -> None:
-        """Load a state written by ``save``; the search continues exactly where it was."""
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
+        """Load a state written by ``save``; the search continues exactly where it was.
+        Anything else (a state pickled by an older raycl included) is one line naming the file."""
+        try:
+            saved = json.loads(Path(checkpoint_path).read_text())
+            if not isinstance(saved, dict) or saved.get("format") != _STATE_FORMAT:
+                raise ValueError("not a saved coordinate-descent search")
+            state = _from_json(saved["state"])
+        except (OSError, LookupError, AttributeError, TypeError, ValueError) as err:
+            raise CheckpointError(
+                f"{checkpoint_path}: cannot restore the search from it ({err}); "
+                "a search saved by raycl before its state was JSON cannot be resumed"
+            ) from None
+        self.__dict__.update(state)
 
     # -- measurements ---------------------------------------------------------------------------
 
@@ -555,3 +576,57 @@ class CoordinateDescentSearcher(Searcher):
         state.steps = self._space.initial_steps()
         self._reset_sweep(last_sweep_moved=False)
         state.phase, state.batch = "start", [self._candidate(state.center, "restart")]
+
+
+# -- the saved state as JSON ---------------------------------------------------------------------
+
+_STATE_FORMAT = "raycl.CoordinateDescentSearcher/1"
+_SAVED_CLASSES = {c.__name__: c for c in (_State, _Candidate, SearchSpace, Coordinate)}
+_TAGS = ("__tuple__", "__set__", "__dict__", "__float__", "__class__")
+
+
+def _to_json(value: Any) -> Any:
+    """``value`` as JSON data, tagged where JSON has no type for it (module docstring)."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else {"__float__": repr(value)}
+    if isinstance(value, list):
+        return [_to_json(v) for v in value]
+    if isinstance(value, tuple):
+        return {"__tuple__": [_to_json(v) for v in value]}
+    if isinstance(value, set | frozenset):
+        return {"__set__": [_to_json(v) for v in value]}
+    if isinstance(value, dict):
+        if all(isinstance(k, str) and k not in _TAGS for k in value):
+            return {k: _to_json(v) for k, v in value.items()}
+        return {"__dict__": [[_to_json(k), _to_json(v)] for k, v in value.items()]}
+    if _SAVED_CLASSES.get(type(value).__name__) is type(value):
+        fields = {f.name: _to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return {"__class__": type(value).__name__, "fields": fields}
+    raise TypeError(f"the search state holds a {type(value).__name__}, which JSON cannot keep")
+
+
+def _from_json(data: Any) -> Any:
+    """The value :func:`_to_json` wrote; any other tag or class is a ``ValueError``."""
+    if isinstance(data, list):
+        return [_from_json(v) for v in data]
+    if not isinstance(data, dict):
+        return data
+    if "__class__" in data:
+        cls = _SAVED_CLASSES.get(data["__class__"])
+        if cls is None or set(data) != {"__class__", "fields"}:
+            raise ValueError(f"unknown record {data['__class__']!r}")
+        return cls(**{k: _from_json(v) for k, v in data["fields"].items()})
+    if len(data) == 1 and next(iter(data)) in _TAGS:
+        tag, items = next(iter(data.items()))
+        if tag == "__float__":
+            if items not in ("inf", "-inf", "nan"):
+                raise ValueError(f"not a non-finite float: {items!r}")
+            return float(items)
+        if tag == "__tuple__":
+            return tuple(_from_json(v) for v in items)
+        if tag == "__set__":
+            return {_from_json(v) for v in items}
+        return {_from_json(k): _from_json(v) for k, v in items}
+    return {k: _from_json(v) for k, v in data.items()}
