@@ -1,14 +1,16 @@
 """Pictures of an embedding space: a 2-D map coloured by label, and nearest neighbours.
 
 :func:`plot_map` projects embeddings to 2-D with PCA (always) and with UMAP (``umap-learn``,
-if installed) or t-SNE (scikit-learn) beside it, one colour per label. :func:`plot_neighbours`
-shows a few query images each followed by its nearest neighbours by cosine similarity, the
-label of each above it (images only: signals and tabular items have no picture to show).
-Large sets are subsampled (seeded) for the non-linear map.
+the ``umap`` extra, if installed) or t-SNE (scikit-learn) beside it, one colour per label.
+:func:`plot_neighbours` shows a few query images each followed by its nearest neighbours by
+cosine similarity, the label of each above it (images only: signals and tabular items have
+no picture to show). Large sets are subsampled (seeded) for the non-linear map.
 """
 
 from __future__ import annotations
 
+import sys
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -35,11 +37,17 @@ def project(embeddings: np.ndarray, method: str, seed: int = 0) -> np.ndarray:
     raise ValueError(f"method must be one of ['pca', 'tsne', 'umap'], got {method!r}")
 
 
+@cache
 def nonlinear_method() -> str:
-    """UMAP when ``umap-learn`` is installed, else t-SNE."""
+    """UMAP when ``umap-learn`` (the ``umap`` extra) is installed, else t-SNE, said once."""
     try:
         import umap  # noqa: F401
     except ImportError:
+        print(
+            "raycl: the embedding map uses t-SNE because umap-learn is not installed "
+            "(pip install 'raycl[umap]' for UMAP)",
+            file=sys.stderr,
+        )
         return "tsne"
     return "umap"
 
