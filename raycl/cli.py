@@ -103,9 +103,10 @@ def _submit(args: argparse.Namespace) -> None:
             working_dir=args.working_dir,
             submission_id=args.submission_id,
             follow=args.follow,
+            insecure=args.insecure,
         )
         return
-    jobs = submit.client(args.address, args.token_file)
+    jobs = submit.client(args.address, args.token_file, args.insecure)
     if args.action == "status":
         print(submit.job_status(jobs, args.job_id))
     elif args.action == "logs":
@@ -268,6 +269,11 @@ def build_parser() -> argparse.ArgumentParser:
     submit = commands.add_parser("submit", help="run train/tune on a Ray cluster as a Ray Job")
     submit.add_argument("--address", default=DEFAULT_ADDRESS, help="job API address")
     submit.add_argument("--token-file", help="auth token file (else RAY_AUTH_TOKEN, ...)")
+    submit.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow plain http:// to a non-loopback address (the token travels unencrypted)",
+    )
     actions = submit.add_subparsers(dest="action", required=True)
     for action in ("train", "tune"):
         job = actions.add_parser(action, help=f"submit raycl {action}")

@@ -4,18 +4,22 @@ The job's runtime environment ships the working directory (the ``raycl`` package
 configs inside it); its entrypoint is ``python -m raycl.cli <command> <hydra overrides>``. Clusters
 started with token authentication (``RAY_AUTH_MODE=token``) get the token as an
 ``Authorization: Bearer`` header, read from ``--token-file``, ``RAY_AUTH_TOKEN``,
-``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (in that order).
+``RAY_AUTH_TOKEN_PATH`` or ``~/.ray/auth_token`` (in that order). The token (and the job)
+travel only over ``https://`` or to a loopback address (a tunnel: ``ray dashboard``,
+``kubectl port-forward``) unless ``--insecure`` says otherwise (:func:`job_api_address`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import shlex
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 AGENT_WAIT_S = 60.0
@@ -42,8 +46,52 @@ def read_token(token_file: str | None = None) -> str | None:
     return None
 
 
-def client(address: str, token_file: str | None = None):
-    """A ``JobSubmissionClient`` for ``address`` with the auth header set (if any token)."""
+# Ray's JobSubmissionClient lets these override the address it is given (in this order).
+ADDRESS_VARIABLES = ("RAY_API_SERVER_ADDRESS", "RAY_ADDRESS")
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost``, 127.0.0.0/8 or ::1 (IPv4-mapped too); names are never resolved."""
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or bool(mapped and mapped.is_loopback)
+
+
+def job_api_address(address: str, insecure: bool = False) -> str:
+    """The address Ray will send the token and the job to (``RAY_API_SERVER_ADDRESS`` or
+    ``RAY_ADDRESS`` override ``address``, as in Ray), refused with one line, before any network
+    call, when it is neither ``https://`` nor loopback and ``insecure`` is not set. ``auto``
+    (the cluster on this machine) counts as loopback; a bare ``host:port`` or ``ray://`` address
+    is reached over plain http, so its host must be loopback."""
+    source = "--address"
+    for variable in ADDRESS_VARIABLES:
+        if os.environ.get(variable):
+            address, source = os.environ[variable], variable
+            break
+    if insecure or address.strip() in ("", "auto"):
+        return address
+    try:
+        parts = urlsplit(address if "://" in address else f"//{address}")
+        scheme, host = parts.scheme, parts.hostname or ""
+    except ValueError:  # e.g. an unclosed IPv6 bracket: nothing to trust
+        scheme, host = "", address
+    if scheme == "https" or is_loopback(host):
+        return address
+    raise SubmitError(
+        f"refusing to send the auth token and the job over plain http to {host} "
+        f"({source} {address}): use https://, a tunnel to 127.0.0.1, or pass --insecure"
+    )
+
+
+def client(address: str, token_file: str | None = None, insecure: bool = False):
+    """A ``JobSubmissionClient`` for ``address`` with the auth header set (if any token), once
+    :func:`job_api_address` accepts where the token would go."""
+    job_api_address(address, insecure)  # before the token is read or anything is sent
     from ray.job_submission import JobSubmissionClient
 
     token = read_token(token_file)
@@ -77,15 +125,17 @@ def submit(
     working_dir: str = ".",
     submission_id: str | None = None,
     follow: bool = False,
+    insecure: bool = False,
 ) -> str:
     """Submit ``raycl <command> <overrides>``; return the job id (and stream logs if asked)."""
     if command not in ("train", "tune"):
         raise SubmitError(f"command must be train or tune, got {command!r}")
+    job_api_address(address, insecure)
     from raycl.config import load_config
 
     load_config(overrides, config_name=command)  # a bad override fails here, not on the cluster
     entrypoint = shlex.join(["python", "-m", "raycl.cli", command, *overrides])
-    jobs = client(address, token_file)
+    jobs = client(address, token_file, insecure)
     env = runtime_env(working_dir)
     deadline = time.monotonic() + AGENT_WAIT_S
     while True:

@@ -13,6 +13,7 @@ import importlib.util
 import json
 import re
 import shlex
+import socket
 import weakref
 from dataclasses import dataclass
 from functools import cache
@@ -327,6 +328,109 @@ def test_raycl_submit_ships_the_package():
     match = excluded(EXCLUDES)
     for path in SHIPPED:
         assert not match(ROOT / path), f"raycl submit would not ship {path}"
+
+
+# --- raycl submit: where the token may go ------------------------------------------------
+
+PLAIN_REMOTE = "http://10.1.2.3:8265"  # never contacted: the refusal comes before any connection
+
+
+@pytest.fixture
+def offline(monkeypatch):
+    """No Ray address variables, and any connection attempt or JobSubmissionClient fails the
+    test; the client's arguments are recorded (``calls``) for the one case that may build it."""
+    from ray import job_submission
+
+    from raycl.submit import ADDRESS_VARIABLES
+
+    for variable in ADDRESS_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-a-real-token-0123")
+
+    def connect(*args, **kwargs):
+        raise AssertionError(f"a connection was attempted: {args}")
+
+    for name in ("connect", "connect_ex"):
+        monkeypatch.setattr(socket.socket, name, connect)
+    monkeypatch.setattr(socket, "create_connection", connect)
+    calls: list[dict[str, Any]] = []
+
+    class NoClient:
+        def __init__(self, address, headers=None, **kwargs):
+            calls.append({"address": address, "headers": headers})
+            raise ConnectionRefusedError("not contacted in tests")
+
+    monkeypatch.setattr(job_submission, "JobSubmissionClient", NoClient)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("address", "allowed"),
+    [
+        ("http://10.1.2.3:8265", False),
+        ("10.1.2.3:6379", False),  # a GCS address: Ray then reaches its dashboard over http
+        ("ray://10.1.2.3:10001", False),
+        ("http://raycl-head-svc:8265", False),
+        ("http://localhost.example.com:8265", False),
+        ("http://127.0.0.1.nip.io:8265", False),  # names are never resolved
+        ("https://10.1.2.3:8265", True),
+        ("https://ray.example.com", True),
+        ("http://127.0.0.1:8265", True),
+        ("http://127.8.9.10:8265", True),
+        ("http://localhost:8265", True),
+        ("http://[::1]:8265", True),
+        ("127.0.0.1:6379", True),
+        ("auto", True),
+    ],
+)
+def test_the_token_goes_only_over_https_or_to_loopback(offline, address, allowed):
+    from raycl.submit import SubmitError, job_api_address
+
+    assert job_api_address(address, insecure=True) == address
+    if allowed:
+        assert job_api_address(address) == address
+    else:
+        with pytest.raises(SubmitError, match=r"plain http to .* pass --insecure$"):
+            job_api_address(address)
+
+
+def test_a_ray_address_variable_is_checked_too(offline, monkeypatch):
+    """Ray's client prefers RAY_ADDRESS to the address it is given: that is where it goes."""
+    from raycl.submit import DEFAULT_ADDRESS, SubmitError, job_api_address
+
+    monkeypatch.setenv("RAY_ADDRESS", PLAIN_REMOTE)
+    with pytest.raises(SubmitError, match=f"RAY_ADDRESS {PLAIN_REMOTE}"):
+        job_api_address(DEFAULT_ADDRESS)
+
+
+@pytest.mark.parametrize(
+    "action", [["list"], ["status", "raysubmit_1"], ["train", "epochs=1"], ["tune"]]
+)
+def test_submit_refuses_plain_http_to_a_remote_address_before_connecting(offline, capsys, action):
+    from raycl.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["submit", "--address", PLAIN_REMOTE, *action])
+    assert exit_.value.code == 2
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("raycl: error: refusing to send the auth token")
+    assert PLAIN_REMOTE in lines[0] and "--insecure" in lines[0]
+    assert "not-a-real-token" not in out + err
+    assert offline == []  # no client was built, so nothing was sent
+
+
+def test_submit_insecure_gets_past_the_refusal(offline, capsys):
+    from raycl.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["submit", "--address", PLAIN_REMOTE, "--insecure", "list"])
+    err = capsys.readouterr().err
+    assert "refusing" not in err and "not contacted in tests" in err
+    assert offline == [
+        {"address": PLAIN_REMOTE, "headers": {"Authorization": "Bearer not-a-real-token-0123"}}
+    ]
 
 
 # --- scaling table -------------------------------------------------------------------------
