@@ -1,5 +1,12 @@
 """deploy/: the manifests raycl relies on, checked against the code (fast: no cluster, no GPU).
 
+The Kubernetes manifests are checked structurally in Python (apiVersion and kind of each
+object, metadata.name, the NetworkPolicy's selectors and ports): there is no kubectl, no
+cluster and no kubeconform-style schema validator here, and none is installed for the tests.
+The launcher config is validated against Ray's own JSON schema. Security is checked as
+"closed by default": Ray's ports admitted only from selected pods, no world-writable mode,
+TLS mounts, the token never written down, ``raycl submit`` refusing plain http to a remote host.
+
 Also the scaling table of deploy/README.md: :func:`loss_scaling` computes it from the formulas of
 the implementation (tiled loss engine, data-parallel gather), and
 :func:`test_memory_model_matches_the_tiled_engine` checks those formulas against the live
@@ -89,15 +96,35 @@ def containers(doc: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
+CREATE_SECRET = re.compile(r"kubectl create secret generic (\S+) --from-file=(\w+)=(\S+)")
+
+
 def secret() -> tuple[str, str]:
-    (doc,) = load_all(KUBERAY / "auth-secret.yaml")
-    (key,) = doc["stringData"]
-    return doc["metadata"]["name"], key
+    """The token Secret's name and key, from the command in deploy/README.md that creates it."""
+    ((name, key, source),) = set(CREATE_SECRET.findall((DEPLOY / "README.md").read_text()))
+    assert source.endswith("/.ray/auth_token")  # the file of step 1, mode 0600
+    return name, key
 
 
 def shared_claim() -> str:
-    (doc,) = load_all(KUBERAY / "storage.yaml")
+    (doc,) = [d for d in load_all(KUBERAY / "storage.yaml") if d["kind"] == "PersistentVolumeClaim"]
     return doc["metadata"]["name"]
+
+
+def storage_class() -> dict[str, Any]:
+    (doc,) = [d for d in load_all(KUBERAY / "storage.yaml") if d["kind"] == "StorageClass"]
+    return doc
+
+
+def all_pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    """Every pod this deployment runs: the Ray pods of each cluster and the RayJob submitter."""
+    pods = [("cluster", pod) for cluster in cluster_specs() for pod in pod_specs(cluster)]
+    pods += [("submitter", job["spec"]["submitterPodTemplate"]) for job in of_kind("RayJob")]
+    return pods
+
+
+def deploy_files() -> list[Path]:
+    return [path for path in sorted(DEPLOY.rglob("*")) if path.is_file()]
 
 
 def entrypoint(job: dict[str, Any]) -> tuple[str, list[str]]:
@@ -114,6 +141,16 @@ def gpu_multinode():
 # --- every manifest ------------------------------------------------------------------------
 
 
+# the API group/version of every kind deploy/kuberay may hold
+API_VERSIONS = {
+    "RayCluster": "ray.io/v1",
+    "RayJob": "ray.io/v1",
+    "PersistentVolumeClaim": "v1",
+    "StorageClass": "storage.k8s.io/v1",
+    "NetworkPolicy": "networking.k8s.io/v1",
+}
+
+
 def test_every_manifest_parses():
     paths = sorted(DEPLOY.rglob("*.yaml"))
     assert {p.relative_to(DEPLOY).as_posix() for p in paths} >= {
@@ -121,13 +158,28 @@ def test_every_manifest_parses():
         "runtime_env.yaml",
         "kuberay/raycluster.yaml",
         "kuberay/rayjob.yaml",
-        "kuberay/auth-secret.yaml",
+        "kuberay/networkpolicy.yaml",
         "kuberay/storage.yaml",
     }
     for path in paths:
         assert load_all(path), path
-    for doc in kuberay_docs():
-        assert doc["apiVersion"] in ("v1", "ray.io/v1") and doc["metadata"]["name"]
+
+
+def test_every_kubernetes_object_is_well_formed():
+    """A structural schema check (no kubectl or schema validator offline): apiVersion and kind
+    known and matching, a DNS-1123 metadata.name, a spec where the kind has one."""
+    kinds = []
+    for path in sorted(KUBERAY.glob("*.yaml")):
+        for doc in load_all(path):
+            where = f"{path.name}: {doc.get('kind')}"
+            assert API_VERSIONS.get(doc.get("kind")) == doc.get("apiVersion"), where
+            name = doc.get("metadata", {}).get("name", "")
+            assert re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", name), where
+            if doc["kind"] != "StorageClass":
+                assert isinstance(doc.get("spec"), dict), where
+            kinds.append(doc["kind"])
+    assert set(kinds) == set(API_VERSIONS)
+    assert "Secret" not in kinds  # the token's Secret is made from its file, never a manifest
 
 
 def test_ray_version_matches_everywhere():
@@ -177,7 +229,7 @@ def test_launcher_uses_token_auth_and_a_local_dashboard():
 def test_launcher_mounts_the_shared_storage_in_every_container():
     config = load_all(LAUNCHER)[0]
     assert f"--volume {MOUNT}:{MOUNT}" in config["docker"]["run_options"]
-    mounts = [c for c in config["initialization_commands"] if "mount -t nfs4" in c]
+    mounts = [c for c in config["initialization_commands"] if re.search(r"\bmount -t ", c)]
     assert mounts and all(c.rstrip().endswith(MOUNT) for c in mounts)
 
 
@@ -198,21 +250,36 @@ def test_every_kuberay_container_uses_token_auth_from_the_secret():
         assert "value" not in env["RAY_AUTH_TOKEN"], (kind, where)  # never inline
 
 
-def test_auth_secret_is_a_template_without_a_real_token():
-    (doc,) = load_all(KUBERAY / "auth-secret.yaml")
-    assert doc["kind"] == "Secret" and "data" not in doc
-    (value,) = doc["stringData"].values()
-    assert "REPLACE" in value
-    text = (KUBERAY / "auth-secret.yaml").read_text()
-    assert "ray get-auth-token --generate" in text and "secrets.token_hex(32)" in text
+def test_the_token_secret_is_created_from_the_file():
+    """No manifest holds the token (not even a placeholder that `kubectl apply -f` could turn
+    into a well-known token); every instruction makes the Secret from the 0600 file."""
+    name, key = secret()
+    assert (name, key) == ("raycl-auth-token", "auth_token")
+    readme = (DEPLOY / "README.md").read_text()
+    assert "chmod 600 ~/.ray/auth_token" in readme and "umask 077" in readme
+    for path in deploy_files():
+        text = path.read_text()
+        assert "--from-literal" not in text, path
+        for found in CREATE_SECRET.findall(text):
+            assert found[:2] == (name, key), (path, found)
+    for manifest in ("raycluster.yaml", "rayjob.yaml"):  # their headers say how, too
+        assert CREATE_SECRET.search((KUBERAY / manifest).read_text()), manifest
 
 
 def test_no_real_token_anywhere_in_deploy():
-    for path in sorted(DEPLOY.rglob("*")):
-        if path.is_file():
-            text = path.read_text()
-            assert not re.search(r"\b[0-9a-f]{32,}\b", text), path
-            assert not re.search(r"RAY_AUTH_TOKEN=(?!\"?\$)[\w-]{8,}", text), path
+    """Tokens appear only as references: a Secret's key, a file, or a shell variable."""
+    for path in deploy_files():
+        text = path.read_text()
+        assert not re.search(r"\b[0-9a-f]{32,}\b", text), path
+        for value in re.findall(r"RAY_AUTH_TOKEN(?:_PATH)?=(\S*)", text):
+            assert value.lstrip("\"'").startswith(("$", "/", "~")), (path, value)
+        assert not re.search(r"(?i)(auth_token|token)\s*:\s*[\"']?[\w-]{16,}", text), path
+    for doc in kuberay_docs():
+        for _, key, value in walk(doc):
+            if key == "env":
+                for var in value:
+                    if "TOKEN" in var["name"]:
+                        assert "value" not in var and "secretKeyRef" in var["valueFrom"]
 
 
 def test_worker_groups_have_gpus_and_match_cluster_gpu_multinode():
@@ -235,8 +302,7 @@ def test_worker_groups_have_gpus_and_match_cluster_gpu_multinode():
 
 
 def test_shared_volume_is_mounted_at_the_same_path_in_head_and_workers():
-    (pvc,) = load_all(KUBERAY / "storage.yaml")
-    assert pvc["kind"] == "PersistentVolumeClaim"
+    (pvc,) = [d for d in load_all(KUBERAY / "storage.yaml") if d["kind"] == "PersistentVolumeClaim"]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     claim = shared_claim()
     for cluster in cluster_specs():
@@ -286,6 +352,132 @@ def test_rayjob_runs_raycl_on_the_cluster_config_and_shared_storage():
 def test_cluster_gpu_multinode_composes():
     cluster = gpu_multinode()
     assert cluster.use_gpu is True and cluster.num_workers >= 2 and cluster.address == "auto"
+
+
+# --- closed by default ---------------------------------------------------------------------
+
+RAY_PORTS = {6379, 8265, 10001}  # GCS, dashboard + job API, Ray Client
+POD_LABELS = {"app.kubernetes.io/name": "raycl"}
+
+
+def network_policy() -> dict[str, Any]:
+    (doc,) = of_kind("NetworkPolicy")
+    return doc
+
+
+def test_network_policy_admits_ray_ports_only_from_selected_pods():
+    """Ray's pods take connections from each other and from the KubeRay operator only: every
+    `from` is a pod or namespace selector (no ipBlock, no empty peer that would admit all)."""
+    spec = network_policy()["spec"]
+    assert spec["podSelector"] == {"matchLabels": POD_LABELS}
+    assert "Ingress" in spec["policyTypes"]
+    rules = spec["ingress"]
+    assert rules
+    admitted: set[int] = set()
+    for rule in rules:
+        peers = rule.get("from")
+        assert peers, "a rule without `from` admits every source"
+        for peer in peers:
+            assert peer and set(peer) <= {"podSelector", "namespaceSelector"}, peer
+            for selector in peer.values():
+                assert selector.get("matchLabels") or selector.get("matchExpressions"), peer
+        ports = {p["port"] for p in rule.get("ports", [])}
+        if ports:
+            assert all(p.get("protocol", "TCP") == "TCP" for p in rule["ports"])
+            admitted |= ports
+        else:  # every port: only between the cluster's own pods (raylets, workers, NCCL)
+            assert peers == [{"podSelector": {"matchLabels": POD_LABELS}}]
+    assert admitted >= RAY_PORTS
+    operator = [
+        peer
+        for rule in rules
+        for peer in rule["from"]
+        if "namespaceSelector" in peer and "podSelector" in peer
+    ]
+    assert operator and all(
+        p["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "kuberay-operator"}
+        for p in operator
+    )
+
+
+def test_every_pod_it_must_reach_carries_the_policys_labels():
+    """The head, the workers and the RayJob submitter carry the labels the policy admits."""
+    templates = [
+        group["template"]
+        for cluster in cluster_specs()
+        for group in [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    ]
+    templates += [job["spec"]["submitterPodTemplate"] for job in of_kind("RayJob")]
+    for template in templates:
+        assert POD_LABELS.items() <= template["metadata"]["labels"].items()
+
+
+def test_shared_storage_is_owned_by_the_ray_user_and_not_world_writable():
+    parameters = storage_class()["parameters"]
+    uid, gid = int(parameters["uid"]), int(parameters["gid"])
+    assert parameters["directoryPerms"] == "750"
+    for kind, pod in all_pod_specs():
+        context = pod.get("securityContext") or pod["spec"]["securityContext"]
+        assert context["runAsNonRoot"] is True, kind
+        assert (context["runAsUser"], context["runAsGroup"], context["fsGroup"]) == (uid, gid, gid)
+    init = load_all(LAUNCHER)[0]["initialization_commands"]
+    assert any(f"chown {uid}:{gid} {MOUNT}" in c and f"chmod 0750 {MOUNT}" in c for c in init)
+    (pvc,) = [d for d in load_all(KUBERAY / "storage.yaml") if d["kind"] == "PersistentVolumeClaim"]
+    assert pvc["spec"]["storageClassName"] == storage_class()["metadata"]["name"]
+
+
+def world_writable(mode: str) -> bool:
+    """An octal mode whose last digit grants write to others, or a symbolic a/o/+w grant."""
+    mode = mode.strip("\"'")
+    if re.fullmatch(r"0?[0-7]{3,4}", mode):
+        return bool(int(mode[-1]) & 2)
+    return any(
+        re.fullmatch(r"[ugoa]*[+=][rwxXst]*", clause)
+        and "w" in clause.split("+")[-1].split("=")[-1]
+        and (not re.match(r"[ugoa]", clause) or re.match(r"[ugo]*[ao]", clause))
+        for clause in mode.split(",")
+    )
+
+
+@pytest.mark.parametrize(
+    ("mode", "writable"),
+    [
+        ("1777", True),
+        ("0777", True),
+        ("777", True),
+        ("0666", True),
+        ("a+w", True),
+        ("o+rw", True),
+        ("+w", True),
+        ("0750", False),
+        ("750", False),
+        ("u+w", False),
+        ("g+w", False),
+        ("0644", False),
+        ("go-w", False),
+    ],
+)
+def test_world_writable_recognises_modes(mode, writable):
+    assert world_writable(mode) is writable
+
+
+def test_no_world_writable_mode_anywhere_in_deploy():
+    for path in deploy_files():
+        text = path.read_text()
+        assert "777" not in text, path
+        for mode in re.findall(r"\bchmod\s+(?:-\w+\s+)*(\S+)", text):
+            assert not world_writable(mode), (path, mode)
+        for mode in re.findall(r"(?i)(?:perms|mode)[\"']?\s*[:=]\s*[\"']?(\d{3,4})\b", text):
+            assert not world_writable(mode), (path, mode)
+
+
+def test_shared_mounts_use_tls():
+    assert "tls" in storage_class()["mountOptions"]
+    init = " ".join(load_all(LAUNCHER)[0]["initialization_commands"])
+    mounts = re.findall(r"\bmount -t (\S+)((?:\s+-o\s+\S+)?)", init)
+    assert mounts
+    for fstype, options in mounts:
+        assert fstype == "efs" and "tls" in options.split()[-1].split(","), (fstype, options)
 
 
 # --- runtime environment -------------------------------------------------------------------
