@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from raycl.checkpoint import choose_checkpoint, recorded_config, recorded_input_shape
+from raycl.config import redacted
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.runner import connect_ray
 from raycl.schema import DataConfig
@@ -272,5 +273,5 @@ def _write(tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int)
 
 
 def _description(request: EmbedRequest) -> dict[str, Any]:
-    """The request as JSON-able data (the output's schema metadata)."""
-    return asdict(request)
+    """The request as JSON-able data, credentials redacted (the output's schema metadata)."""
+    return asdict(redacted(request))
