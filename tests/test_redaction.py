@@ -1,6 +1,7 @@
 """No secrets in what raycl writes or shows: credentials in URIs are redacted in the recorded
-and printed config, the tracked params, one-line errors and the traceback log; the error log
-of a run without a writable local directory is the user's own (fast, no Ray)."""
+and printed config, the tracked params, one-line errors and the traceback log; ``raycl submit``
+refuses them (a job's entrypoint is public to the cluster) and ships no secret or run; the
+error log of a run without a writable local directory is the user's own (fast, no Ray)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from raycl import submit
 from raycl.checkpoint import RUN_FILE, run_checkpoints
 from raycl.cli import main
 from raycl.config import load_config, redacted, to_yaml
@@ -94,6 +96,74 @@ def test_tracked_params_are_redacted(uri, tmp_path):
     tune = load_tune_config(["tracking=tensorboard", f"tracking.uri='{uri}'"])
     (trials,) = tune_callbacks(tune)
     assert trials.base.tracking.uri == URIS[uri]  # what Tune pickles with the experiment
+
+
+@pytest.mark.parametrize("uri", URIS)
+def test_submit_refuses_credentials_before_reaching_the_cluster(uri, monkeypatch):
+    def never(*args, **kwargs):
+        raise AssertionError("the cluster was contacted")
+
+    monkeypatch.setattr(submit, "client", never)
+    with pytest.raises(submit.SubmitError) as refused:
+        submit.submit("train", ["tracking=mlflow", f"tracking.uri='{uri}'"], working_dir=str(ROOT))
+    message = str(refused.value)
+    assert "\n" not in message and SECRET not in message
+    assert message.startswith("tracking.uri holds credentials") and "MLFLOW_TRACKING_" in message
+
+
+def test_submit_puts_a_clean_uri_in_the_entrypoint(monkeypatch, capsys):
+    jobs = {}
+
+    class Jobs:
+        def submit_job(self, **kwargs):
+            jobs.update(kwargs)
+            return "raysubmit_1"
+
+    monkeypatch.setattr(submit, "client", lambda *args: Jobs())
+    clean = "https://mlflow.example.com:5000"
+    submit.submit("train", ["tracking=mlflow", f"tracking.uri={clean}"], working_dir=str(ROOT))
+    assert jobs["entrypoint"].endswith(f"tracking=mlflow tracking.uri={clean}")
+    assert jobs["runtime_env"]["excludes"] == submit.EXCLUDES
+
+
+def excluded(excludes: list[str]):
+    """Ray's own matcher of runtime-env ``excludes`` (gitignore patterns), as in the upload."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    return _get_excludes(ROOT, excludes)
+
+
+NEVER_SHIPPED = [
+    ".env",
+    "deploy/.env",
+    ".env.production",
+    "server.pem",
+    "deploy/tls/ca.key",
+    "id_ed25519",
+    ".ssh/id_rsa",
+    ".aws/credentials",
+    ".netrc",
+    ".git/HEAD",
+    ".venv/bin/python",
+    "raycl_runs/r/epoch-00001/state.pt",
+    "runs/r/epoch-00001/run.json",  # a run under any storage_path
+    "runs/r/raycl-error.log",
+    "mlruns/0/meta.yaml",
+    "encoder/encoder.safetensors",
+    "data/cifar10/x",
+    "benchmarks/landscape-mnist1d.parquet",
+]
+
+
+def test_a_job_ships_the_package_and_never_secrets_or_runs():
+    match = excluded(submit.runtime_env(str(ROOT))["excludes"])
+    for path in NEVER_SHIPPED:
+        assert match(ROOT / path), f"{path} would be uploaded"
+    package = [
+        p for p in (ROOT / "raycl").rglob("*") if p.is_file() and "__pycache__" not in str(p)
+    ]
+    assert len(package) > 50 and not [p for p in package if match(p)]
+    assert not match(ROOT / "pyproject.toml")
 
 
 @pytest.fixture
