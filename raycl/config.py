@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raycl.errors import ConfigError
+from raycl.errors import ConfigError, redact
 from raycl.schema import PLACEMENT_STRATEGIES, TrainConfig, TuneRunConfig
 
 CONF_DIR = Path(__file__).resolve().parent / "conf"
@@ -163,11 +163,27 @@ def flat_config(cfg: Any, scalars: bool = True) -> dict[str, Any]:
     return flat
 
 
+def redacted(cfg: Any) -> Any:
+    """A copy of a config (typed or plain) with the credentials in its text values replaced by
+    ``***`` (:func:`raycl.errors.redact`: ``tracking.uri=https://user:***@host``): what is
+    recorded, printed and logged. The run itself keeps the real values."""
+    if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+        fields = dataclasses.fields(cfg)
+        return dataclasses.replace(
+            cfg, **{f.name: redacted(getattr(cfg, f.name)) for f in fields if f.init}
+        )
+    if isinstance(cfg, dict):
+        return {key: redacted(value) for key, value in cfg.items()}
+    if isinstance(cfg, list | tuple):
+        return type(cfg)(redacted(value) for value in cfg)
+    return redact(cfg) if isinstance(cfg, str) else cfg
+
+
 def to_yaml(cfg: TrainConfig) -> str:
-    """The config as YAML (``raycl train --cfg``)."""
+    """The config as YAML, credentials redacted (``raycl train --cfg``, the run's record)."""
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_yaml(OmegaConf.structured(cfg))
+    return OmegaConf.to_yaml(OmegaConf.structured(redacted(cfg)))
 
 
 def group_options(config_dirs: list[str | Path] | None = None) -> dict[str, list[str]]:

@@ -2,12 +2,13 @@
 
 The items of the split (``test`` or ``train`` of the run's data set, or of another one given
 by ``data=…``/``data.*`` overrides; the data set's evaluation transform) are embedded by a
-pool of ``cluster.num_workers`` Ray actors with Ray Data: ``from_numpy`` of the item indices,
-then ``map_batches`` (``eval.batch_size`` items a batch) over the actor pool
-(:class:`EmbedItems`: each actor opens the split and loads the encoder once, then reads,
-transforms and embeds batch after batch; one GPU each with ``cluster.use_gpu``). Reading sits
-in the same actor as the encoder rather than in separate CPU tasks: on a CPU cluster they
-share the cores anyway, and a read task could wait forever for a CPU that the actors hold.
+pool of ``cluster.num_workers`` Ray actors with Ray Data (``cluster.*`` of this command line,
+never the run's): ``from_numpy`` of the item indices, then ``map_batches`` (``eval.batch_size``
+items a batch) over the actor pool (:class:`EmbedItems`: each actor opens the split and loads
+the encoder once, then reads, transforms and embeds batch after batch; one GPU each with
+``cluster.use_gpu``). Reading sits in the same actor as the encoder rather than in separate
+CPU tasks: on a CPU cluster they share the cores anyway, and a read task could wait forever
+for a CPU that the actors hold.
 The driver streams the batches in index order into one Parquet file, written under a
 temporary name and renamed when complete. ``cluster.num_workers=0`` embeds in this process,
 without Ray (the same reads, the same encoder).
@@ -35,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from raycl.checkpoint import choose_checkpoint, recorded_config, recorded_input_shape
+from raycl.config import redacted
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.runner import connect_ray
 from raycl.schema import DataConfig
@@ -116,7 +118,7 @@ class EmbedItems:
         return pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1])
 
 
-_ALLOWED_OVERRIDES = ("data", "data.", "cluster.", "eval.batch_size")
+_ALLOWED_OVERRIDES = ("data", "data.", "cluster", "cluster.", "eval.batch_size")
 
 
 def plan_for(
@@ -127,11 +129,16 @@ def plan_for(
 ) -> EmbedPlan:
     """The plan for the run (or checkpoint) at ``path``: its checkpoint (the best, unless
     given) and its recorded config with ``overrides`` — ``data=NAME`` and ``data.*`` (another
-    data set), ``cluster.*`` (where to run) and ``eval.batch_size``; the encoder is fixed.
-    ``options`` are :class:`EmbedRequest` fields (split, head, normalize)."""
+    data set) and ``eval.batch_size``; the encoder is fixed. Where it runs (``cluster=…``,
+    ``cluster.*``) is this command line's alone, over the package's defaults: the run's
+    recorded cluster is ignored (a downloaded run could name any Ray address). The checkpoint's
+    weights are loaded once here, so a checkpoint that does not load or fit is refused before
+    Ray starts. ``options`` are :class:`EmbedRequest` fields (split, head, normalize)."""
     from raycl.config import load_config, parse_overrides, with_overrides
+    from raycl.encoder import load_encoder
 
     chosen = choose_checkpoint(Path(path), checkpoint).resolve()
+    load_encoder(chosen)  # verified, weights only, fits its model: one line if not
     config = recorded_config(chosen)
     overrides = list(overrides or [])
     changes = parse_overrides(overrides)
@@ -141,6 +148,8 @@ def plan_for(
             "raycl embed overrides data=…, data.*, cluster.* and eval.batch_size only "
             f"(the encoder is fixed), got {foreign}"
         )
+    config.cluster = load_config([o for o in overrides if o.startswith("cluster")]).cluster
+    changes = {k: v for k, v in changes.items() if not k.startswith("cluster")}
     if "data" in changes:  # another data set: its group's defaults, then the data.* keys
         config.data = load_config([o for o in overrides if o.startswith("data")]).data
         changes = {k: v for k, v in changes.items() if not k.startswith("data")}
@@ -264,5 +273,5 @@ def _write(tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int)
 
 
 def _description(request: EmbedRequest) -> dict[str, Any]:
-    """The request as JSON-able data (the output's schema metadata)."""
-    return asdict(request)
+    """The request as JSON-able data, credentials redacted (the output's schema metadata)."""
+    return asdict(redacted(request))

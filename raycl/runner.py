@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from raycl.checkpoint import HISTORY_FILE
-from raycl.config import flat_config, storage_path, to_yaml
+from raycl.config import flat_config, redacted, storage_path, to_yaml
 from raycl.errors import (
     ConfigError,
     DataError,
@@ -36,6 +35,7 @@ from raycl.errors import (
     find_raycl_error,
     first_line,
     root_cause,
+    run_log_dir,
     write_traceback,
 )
 from raycl.progress import progress_bar
@@ -253,7 +253,7 @@ def check_resume(cfg: TrainConfig) -> None:
     if cfg.fresh:
         _move_aside(run_directory(cfg))
         return
-    before = flat_config(yaml.safe_load(recorded), scalars=False)
+    before = flat_config(redacted(yaml.safe_load(recorded)), scalars=False)  # an older record
     now = flat_config(yaml.safe_load(to_yaml(cfg)), scalars=False)
     changed = sorted(
         key
@@ -270,7 +270,8 @@ def check_resume(cfg: TrainConfig) -> None:
 
 
 def record_config(cfg: TrainConfig) -> None:
-    """Write the config into the run directory (once: the run's identity for resuming)."""
+    """Write the config into the run directory (once: the run's identity for resuming),
+    credentials redacted."""
     path = f"{run_directory(cfg)}/{RUN_CONFIG_FILE}"
     if _read_text(path) is None:
         _write_text(path, to_yaml(cfg))
@@ -312,9 +313,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
 
 def explained(err: BaseException, run_dir: str) -> RayclError:
     """The one-line error for a failure from Ray: raycl's own error found inside Ray's
-    wrappers, or the root cause's first line; the full traceback goes to the run's log."""
-    local = "://" not in run_dir
-    log = write_traceback(err, Path(run_dir if local else tempfile.gettempdir()) / ERROR_LOG)
+    wrappers, or the root cause's first line; the full traceback goes to the run's log (in
+    the run directory, or this user's folder for the run when that is remote or read-only)."""
+    log = write_traceback(err, run_log_dir(run_dir) / ERROR_LOG)
     found = find_raycl_error(err)
     if found is not None:
         kept = "; the last good checkpoint is kept" if found.exit_code == 1 else ""

@@ -23,8 +23,19 @@ from urllib.parse import urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
 AGENT_WAIT_S = 60.0
-# Anchored (gitignore-style): a bare "data" would also drop raycl/data/ and raycl/conf/data/.
-EXCLUDES = ["/.venv", "/.git", "/raycl_runs", "/data", "/outputs", "/multirun", "*.egg-info"]
+# What a job never gets (gitignore patterns; a pattern without "/" matches at any depth, so
+# top-level folders are anchored: a bare "data" would also drop raycl/data/ and conf/data/).
+# fmt: off
+EXCLUDES = [
+    ".env", ".env.*", "*.pem", "*.key", "*.p12", "*.pfx", "id_rsa*", "id_ed25519*",  # secrets
+    "*.token", "auth_token", ".netrc", ".pypirc", ".ssh", ".aws", ".kube", ".docker", ".config",
+    ".git", ".venv", "venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".hypothesis",
+    "/build", "/dist", "*.egg-info",
+    "raycl_runs", "mlruns", "epoch-[0-9]*", "*.pt", "*.safetensors", "*.log",  # runs
+    "/outputs", "/multirun", "/data",
+    "/benchmarks", "/tests", "/.ci",  # what a job does not run
+]
+# fmt: on
 
 
 class SubmitError(RuntimeError):
@@ -133,6 +144,7 @@ def submit(
     job_api_address(address, insecure)
     from raycl.config import load_config
 
+    check_no_credentials(overrides)
     load_config(overrides, config_name=command)  # a bad override fails here, not on the cluster
     entrypoint = shlex.join(["python", "-m", "raycl.cli", command, *overrides])
     jobs = client(address, token_file, insecure)
@@ -154,6 +166,22 @@ def submit(
     if follow:
         follow_logs(jobs, job_id)
     return job_id
+
+
+def check_no_credentials(overrides: list[str]) -> None:
+    """Refuse overrides holding credentials (``tracking.uri=https://user:pass@host``,
+    ``?token=…``): a job's entrypoint and its runtime env, env vars included, are shown to
+    everyone who can list the cluster's jobs (``ray job list``, the dashboard)."""
+    from raycl.errors import redact
+
+    leaking = [o.partition("=")[0] for o in overrides if redact(o) != o]
+    if leaking:
+        raise SubmitError(
+            f"{', '.join(leaking)} holds credentials, which the job's entrypoint would show to "
+            "everyone who can list jobs; give the URI without them and set them on the "
+            "cluster (MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD, or "
+            "MLFLOW_TRACKING_TOKEN, in the nodes' environment)"
+        )
 
 
 def follow_logs(jobs, job_id: str) -> str:

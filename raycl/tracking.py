@@ -5,7 +5,8 @@
 metric an epoch reports (the loss terms, the balance diagnostic ``grad_norm_pos`` and
 ``grad_norm_ent``, kNN top-1, ...) at step = epochs completed (``epoch + 1``: Tune's
 ``training_iteration`` and the console's "epoch k/E"), and the full config as flattened dotted
-keys (``loss.temperature``, ``loss.weight``, ``data.batch_size_per_worker``, ...).
+keys (``loss.temperature``, ``loss.weight``, ``data.batch_size_per_worker``, ...), credentials
+redacted (``tracking.uri=https://user:***@host``; :func:`raycl.errors.redact`).
 
 - ``tensorboard``: event files written by tensorboardX (what Tune's logger uses). Train: in the
   run directory ``<storage_path>/<name>/``, the config as TensorBoard hparams; tune: in each
@@ -49,7 +50,15 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback
 from ray.train import UserCallback
 from ray.tune.logger import TBXLoggerCallback
 
-from raycl.config import ConfigError, flat_config, storage_path, training_config, trial_config
+from raycl.config import (
+    ConfigError,
+    flat_config,
+    redacted,
+    storage_path,
+    training_config,
+    trial_config,
+)
+from raycl.errors import redact
 from raycl.schema import TrainConfig, TuneRunConfig
 
 logger = logging.getLogger(__name__)
@@ -66,8 +75,8 @@ def train_callbacks(cfg: TrainConfig) -> list[Any]:
         logger.warning("tracking=%s: Ray Train's local mode runs no callbacks", kind)
     if kind == "tensorboard":
         _check_tensorboard_storage(storage_path(cfg))
-        return [TensorBoardReports(flat_config(cfg), cfg.epochs)]
-    return [MLflowReports(mlflow_tracking_uri(cfg), cfg.name, flat_config(cfg), cfg.epochs)]
+        return [TensorBoardReports(config_params(cfg), cfg.epochs)]
+    return [MLflowReports(mlflow_tracking_uri(cfg), cfg.name, config_params(cfg), cfg.epochs)]
 
 
 def tune_callbacks(cfg: TrainConfig) -> list[Any]:
@@ -75,15 +84,22 @@ def tune_callbacks(cfg: TrainConfig) -> list[Any]:
     kind = cfg.tracking.name
     if kind == "none":
         return []
-    base = training_config(cfg) if isinstance(cfg, TuneRunConfig) else cfg
+    base = redacted(training_config(cfg) if isinstance(cfg, TuneRunConfig) else cfg)
     if kind == "tensorboard":
         return [TrialTensorBoard(base)]
     return [TrialMLflow(base, mlflow_tracking_uri(cfg), cfg.name)]
 
 
+def config_params(cfg: TrainConfig) -> dict[str, Any]:
+    """The config as tracked params: flattened, credentials redacted (``tracking.uri`` is
+    ``https://user:***@host``)."""
+    return flat_config(redacted(cfg))
+
+
 def trial_params(base: TrainConfig, settings: dict[str, Any]) -> dict[str, Any]:
-    """A trial's full training config, flattened: ``base`` with its searched ``settings``."""
-    return flat_config(trial_config(base, settings))
+    """A trial's full training config, flattened: ``base`` with its searched ``settings``,
+    credentials redacted."""
+    return config_params(trial_config(base, settings))
 
 
 def mlflow_tracking_uri(cfg: TrainConfig) -> str:
@@ -198,6 +214,7 @@ class MLflowReports(UserCallback):
 
     def _start(self, client, run_dir: str) -> str:
         experiment_id = mlflow_experiment(client, self.experiment)
+        run_dir = redact(run_dir)  # a tag: the storage URI's credentials stay out of it
         found = client.search_runs(
             [experiment_id],
             filter_string=f"tags.`{RUN_DIR_TAG}` = '{run_dir}'",

@@ -33,6 +33,7 @@ from raycl.checkpoint import (
     set_rng_states,
     write_checkpoint,
 )
+from raycl.config import redacted
 from raycl.data import DatasetBundle, build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.errors import DataError, TrainingDiverged
@@ -352,7 +353,7 @@ def _run_record(run: TrainingRun) -> dict[str, Any]:
     """What a checkpoint needs to be used without its run: the config and the input."""
     item = run.bundle.test_eval[0][0]
     return {
-        "config": dataclasses.asdict(run.config),
+        "config": dataclasses.asdict(redacted(run.config)),  # no credentials in checkpoints
         "in_channels": run.bundle.in_channels,
         "input_shape": list(item.shape),
         "num_classes": run.bundle.num_classes,

@@ -8,6 +8,7 @@ same items, and the exported files are loaded in a fresh Python without raycl.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 import raycl
+import raycl.embed
 from raycl import metrics
 from raycl.checkpoint import RUN_FILE, best_checkpoint, run_checkpoints, write_checksums
 from raycl.config import load_config
@@ -170,6 +172,57 @@ def test_the_commands_print_one_line_errors(tmp_path):
     assert done.stderr.strip().splitlines() == [
         f"raycl: error: {tmp_path}: not a raycl run directory or checkpoint"
     ]
+
+
+def with_recorded(run: Path, copy: Path, **changes: dict) -> Path:
+    """A copy of ``run`` whose checkpoints record ``changes`` ({section: {key: value}}) in
+    their config, their checksums rewritten (as someone sharing a run could)."""
+    shutil.copytree(run, copy)
+    for checkpoint in run_checkpoints(copy):
+        record = json.loads((checkpoint / RUN_FILE).read_text())
+        for section, values in changes.items():
+            record["config"][section].update(values)
+        (checkpoint / RUN_FILE).write_text(json.dumps(record))
+        write_checksums(checkpoint, 0)
+    return copy
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Connecting to or starting Ray fails the test."""
+    import ray
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"Ray was started: {args} {kwargs}")
+
+    monkeypatch.setattr(ray, "init", refuse)
+    monkeypatch.setattr(raycl.embed, "connect_ray", refuse)
+
+
+def test_embed_runs_where_its_command_line_says_not_where_the_run_was(run, tmp_path, no_ray):
+    elsewhere = {"address": "ray://203.0.113.9:10001", "num_workers": 4, "use_gpu": True}
+    shared = with_recorded(run, tmp_path / "downloaded", cluster=elsewhere)
+    defaults = load_config().cluster
+    plan = plan_for(shared)
+    assert plan.address is None and (plan.workers, plan.use_gpu) == (defaults.num_workers, False)
+    plan = plan_for(shared, overrides=["cluster.num_workers=3"])
+    assert plan.address is None and plan.workers == 3
+    plan = plan_for(shared, overrides=["cluster=local_gpu", "cluster.address=auto"])
+    assert (plan.address, plan.workers, plan.use_gpu) == ("auto", 1, True)
+
+    summary = embed_to_parquet(
+        plan_for(shared, overrides=["cluster.num_workers=0"]), tmp_path / "e.parquet"
+    )
+    assert summary["rows"] == len(table(tmp_path / "e.parquet")["index"]) > 0
+    # the encoder and its export never look at the recorded cluster either
+    assert load_encoder(shared)[2].config.cluster.address == elsewhere["address"]  # the record
+    assert (export_encoder(shared, tmp_path / "export") / "encoder.json").is_file()
+
+
+def test_embed_refuses_a_checkpoint_that_does_not_load_before_ray_starts(run, tmp_path, no_ray):
+    wrong = with_recorded(run, tmp_path / "wrong", model={"width": 16})
+    with pytest.raises(CheckpointError, match=r"weights do not fit model 'small_cnn'"):
+        plan_for(wrong, overrides=["cluster.num_workers=2"])
 
 
 FRESH_PROCESS = r"""

@@ -184,6 +184,26 @@ def test_mlflow_callback_logs_each_report_and_continues_a_resumed_run(tmp_path, 
     assert run.data.params["loss.temperature"] == "0.1"
 
 
+def test_logged_params_hold_no_credentials(tmp_path, opt_in_unset):
+    uri = "https://alice:s3cr3t@mlflow.example.com/?token=s3cr3t"
+    overrides = [f"tracking.uri='{uri}'", f"storage_path={tmp_path}"]
+    (board,) = train_callbacks(load_config(["tracking=tensorboard", *overrides]))
+    (mlflow,) = train_callbacks(load_config(["tracking=mlflow", *overrides]))
+    assert mlflow.uri == uri  # MLflow is reached with the real URI; it is never logged
+    context = fake_run_context(tmp_path / "run")
+    board.after_report(context, REPORTS[-1:], None)
+    store = (tmp_path / "mlruns").as_uri()
+    MLflowReports(store, "exp", mlflow.params, epochs=3).after_report(context, REPORTS[:1], None)
+
+    shown = "https://alice:***@mlflow.example.com/?token=***"
+    assert hparams(read_events(tmp_path / "run"))[0]["tracking.uri"] == shown
+    client = mlflow_client(store)
+    (run,) = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    assert run.data.params["tracking.uri"] == shown
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert files and not [p for p in files if b"s3cr3t" in p.read_bytes()]
+
+
 class FakeTrial:
     """What Tune's logger callbacks read from a trial."""
 
