@@ -24,7 +24,28 @@ TINY_TRAINING = [
     "eval.knn_k=20",
 ]
 
+# A two-epoch digits run in this process (no Ray), small model: for tests that need a real run
+# directory and checkpoints.
+IN_PROCESS_RUN = [
+    "cluster.num_workers=0",
+    "epochs=2",
+    "max_steps_per_epoch=2",
+    "eval.linear_probe=false",
+    "eval.knn_k=5",
+    "model.width=8",
+]
+
 RAY = str(Path(sys.executable).parent / "ray")  # the ray CLI of this environment
+REPO = Path(__file__).resolve().parent.parent
+
+
+def excluded(excludes: list[str]):
+    """Ray's own matcher of runtime-env ``excludes`` (gitignore patterns) over the repository,
+    as in a job's upload."""
+    from ray._private.runtime_env.packaging import _get_excludes
+
+    return _get_excludes(REPO, excludes)
+
 
 # Ray Train's controller looks at its workers every 2 s by default, so each start, report and
 # end of a run waits up to 2 s in idle time; the suite's runs are seconds long. Every Ray the

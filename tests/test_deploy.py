@@ -38,6 +38,7 @@ from raycl.losses import build_loss
 from raycl.losses.base import AUTO_TILE_ENTRIES
 from raycl.losses.structure import PairStructure, flatten_batch
 from raycl.losses.tiled import default_block_size
+from tests.conftest import excluded
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -481,13 +482,6 @@ def test_shared_mounts_use_tls():
 
 
 # --- runtime environment -------------------------------------------------------------------
-
-
-def excluded(excludes: list[str]):
-    """Ray's own matcher of runtime-env ``excludes`` (gitignore patterns), as in the upload."""
-    from ray._private.runtime_env.packaging import _get_excludes
-
-    return _get_excludes(ROOT, excludes)
 
 
 SHIPPED = [

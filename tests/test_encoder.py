@@ -29,15 +29,9 @@ from raycl.encoder import load_encoder
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.export import export_encoder
 from raycl.runner import train
+from tests.conftest import IN_PROCESS_RUN
 
-QUICK = [
-    "cluster.num_workers=0",
-    "epochs=2",
-    "max_steps_per_epoch=2",
-    "eval.linear_probe=false",
-    "eval.knn_k=5",
-    "model.width=8",
-]
+QUICK = IN_PROCESS_RUN
 
 
 @pytest.fixture(scope="module")

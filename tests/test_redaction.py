@@ -20,6 +20,7 @@ from raycl.cli import main
 from raycl.config import load_config, redacted, to_yaml
 from raycl.errors import TrainingFailed, first_line, private_temp_dir, redact
 from raycl.runner import ERROR_LOG, explained, train
+from tests.conftest import IN_PROCESS_RUN, excluded
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55"
@@ -29,14 +30,7 @@ URIS = {
     WITH_PASSWORD: "https://alice:***@mlflow.example.com:5000/api",
     WITH_TOKEN: "https://mlflow.example.com/api?experiment=7&token=***",
 }
-QUICK = [
-    "cluster.num_workers=0",
-    "epochs=1",
-    "max_steps_per_epoch=1",
-    "eval.linear_probe=false",
-    "eval.knn_k=5",
-    "model.width=8",
-]
+QUICK = [*IN_PROCESS_RUN, "epochs=1", "max_steps_per_epoch=1"]
 
 
 @pytest.mark.parametrize(
@@ -124,13 +118,6 @@ def test_submit_puts_a_clean_uri_in_the_entrypoint(monkeypatch, capsys):
     submit.submit("train", ["tracking=mlflow", f"tracking.uri={clean}"], working_dir=str(ROOT))
     assert jobs["entrypoint"].endswith(f"tracking=mlflow tracking.uri={clean}")
     assert jobs["runtime_env"]["excludes"] == submit.EXCLUDES
-
-
-def excluded(excludes: list[str]):
-    """Ray's own matcher of runtime-env ``excludes`` (gitignore patterns), as in the upload."""
-    from ray._private.runtime_env.packaging import _get_excludes
-
-    return _get_excludes(ROOT, excludes)
 
 
 NEVER_SHIPPED = [

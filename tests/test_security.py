@@ -39,16 +39,9 @@ from raycl.config import load_config
 from raycl.errors import CheckpointError
 from raycl.runner import train
 from raycl.search import CoordinateDescentSearcher, SearchSpace
+from tests.conftest import IN_PROCESS_RUN
 
-QUICK = [
-    "cluster.num_workers=0",
-    "epochs=2",
-    "max_steps_per_epoch=2",
-    "eval.linear_probe=false",
-    "eval.knn_k=5",
-    "model.width=8",
-    "name=safe",
-]
+QUICK = [*IN_PROCESS_RUN, "name=safe"]
 
 OTHER_SPACE = SearchSpace.from_dict({"x": {"scale": "linear", "lower": 0, "upper": 1, "start": 0}})
 
