@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -50,7 +51,12 @@ def wait_for(condition, seconds: float, what: str) -> None:
     deadline = time.time() + seconds
     while not condition():
         assert time.time() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
+        time.sleep(0.25)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
 
 
 def stop(node: subprocess.Popen) -> None:
@@ -68,7 +74,7 @@ def two_nodes():
     previous_auth = os.environ.get("RAY_AUTH_MODE")
     nodes = [start_node(gcs_port, head=True)]
     try:
-        time.sleep(3)
+        wait_for(lambda: listening(gcs_port), 60, "the head's GCS port")
         nodes.append(start_node(gcs_port, head=False))
         os.environ["RAY_AUTH_MODE"] = "disabled"  # the nodes' mode, for this driver too
         deadline = time.time() + 60
@@ -78,7 +84,7 @@ def two_nodes():
                 break
             except Exception:
                 assert time.time() < deadline, "the head node did not start"
-                time.sleep(2)
+                time.sleep(0.5)
         wait_for(lambda: alive_nodes(ray) == 2, 60, "two nodes")
         yield {"ray": ray, "gcs_port": gcs_port, "nodes": nodes}
     finally:

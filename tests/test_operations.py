@@ -212,7 +212,7 @@ def head_node(tmp_path_factory):
             != 0
         ):
             assert head.poll() is None and time.time() < deadline, "head node did not start"
-            time.sleep(2)
+            time.sleep(0.5)
         yield {"address": address, "token": token, "storage": tmp_path_factory.mktemp("jobs")}
     finally:
         os.killpg(head.pid, signal.SIGKILL)  # its own session: this node's processes only
