@@ -36,9 +36,11 @@ def _overrides(args: argparse.Namespace) -> list[str]:
 
 def _train(args: argparse.Namespace) -> None:
     from raycl.config import load_config, to_yaml
+    from raycl.runner import check_inputs
 
     cfg = load_config(_overrides(args), config_dirs=args.config_dir)
     if args.cfg:
+        check_inputs(cfg)
         print(to_yaml(cfg), end="")
         return
     from raycl.report import print_training_summary
@@ -314,15 +316,31 @@ def main(argv: Sequence[str] | None = None) -> None:
         args.overrides = [*args.overrides, *extra]
     try:
         args.run(args)
+    except KeyboardInterrupt:
+        _exit(f"raycl: interrupted{_resume_hint(args)}", 130)
     except TrainingDiverged as err:
-        print(f"raycl: training diverged: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
+        _exit(f"raycl: training diverged: {err}", err.exit_code)
     except RayclError as err:
-        print(f"raycl: error: {err}", file=sys.stderr)
-        raise SystemExit(err.exit_code) from None
+        _exit(f"raycl: error: {err}", err.exit_code)
     except (ValueError, FileNotFoundError, SubmitError) as err:
-        print(f"raycl: error: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
+        _exit(f"raycl: error: {err}", 2)
+
+
+def _exit(line: str, code: int) -> None:
+    """End with ``line`` as the last thing on the console: Ray, if this process started or
+    joined it, is shut down first, so none of its processes' late log lines follow."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        ray.shutdown()
+    print(line, file=sys.stderr)
+    raise SystemExit(code) from None
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How an interrupted ``raycl train`` continues: the same command again."""
+    if args.command != "train" or args.cfg:
+        return ""
+    return "; the run keeps its checkpoints: run the same command again to resume it"
 
 
 if __name__ == "__main__":

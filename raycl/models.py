@@ -177,6 +177,15 @@ ENCODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
 MODELS = tuple(ENCODERS)
 
 
+def models_for(item_dims: int, in_channels: int) -> list[str]:
+    """The encoders that take items of ``item_dims`` dimensions (2: signals, 3: images)."""
+    return [
+        name
+        for name, build in ENCODERS.items()
+        if getattr(build(ModelConfig(name=name), in_channels), "item_dims", 3) == item_dims
+    ]
+
+
 def check_model(model: ModelConfig) -> None:
     """One-line ``ValueError`` naming the ``model.*`` key of a bad ``model`` section."""
     if model.name not in ENCODERS:

@@ -249,6 +249,23 @@ def warmup_cosine(
     return LambdaLR(optimizer, WarmupCosine(warmup_steps, total_steps, final_lr_fraction))
 
 
+def restore_schedule(scheduler: LambdaLR, state: dict[str, Any]) -> None:
+    """Load a saved schedule's position (its step, base lrs) into ``scheduler`` but keep the
+    plan ``scheduler`` was built with: a run resumed with more epochs re-plans its cosine over
+    the new total instead of staying at the old plan's final lr (0 by default)."""
+    planned = [vars(fn).copy() for fn in scheduler.lr_lambdas]
+    scheduler.load_state_dict(state)
+    if all(vars(fn) == plan for fn, plan in zip(scheduler.lr_lambdas, planned, strict=True)):
+        return
+    for fn, plan in zip(scheduler.lr_lambdas, planned, strict=True):
+        vars(fn).update(plan)
+    step = scheduler.last_epoch  # LambdaLR counts steps as "epochs"
+    for group, base, fn in zip(
+        scheduler.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True
+    ):
+        group["lr"] = base * fn(step)
+
+
 def check_optim(optim: OptimConfig) -> None:
     """One-line ``ValueError`` naming the ``optim.*`` key of a bad ``optim`` section."""
     checks = [

@@ -1,7 +1,8 @@
 """The Ray driver: joins or starts a cluster and runs training on Ray Train.
 
-:func:`train` checks what can be checked before Ray starts (:func:`preflight`: the data set
-opens and holds a global batch; a rerun's config matches the run it resumes), builds a
+:func:`train` checks what can be checked before Ray starts (:func:`check_inputs`: the data
+set opens, holds a global batch and its items fit the model; then :mod:`raycl.resume`: the
+run's lock, a rerun's config matches the run it resumes, bad checkpoints set aside), builds a
 ``TorchTrainer`` over :func:`raycl.train.train_loop_per_worker` from the typed config, shows
 one progress bar with ETA and one line per epoch (fed from the Train controller through a Ray
 queue), and writes ``metrics.parquet``/``.csv`` into the run directory. Rerunning with the same
@@ -15,9 +16,10 @@ starts Ray.
 from __future__ import annotations
 
 import json
+import logging
 import math
+import os
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from raycl.checkpoint import HISTORY_FILE
-from raycl.config import flat_config, redacted, storage_path, to_yaml
+from raycl.config import storage_path
 from raycl.errors import (
     ConfigError,
     DataError,
@@ -39,14 +41,23 @@ from raycl.errors import (
     write_traceback,
 )
 from raycl.progress import progress_bar
+from raycl.resume import (
+    RunLock,
+    check_resume,
+    read_text,
+    record_config,
+    repair_checkpoints,
+    resume_line,
+    resume_point,
+    run_directory,
+)
 from raycl.schema import TrainConfig
 from raycl.train import train_loop_per_worker
 
-RUN_CONFIG_FILE = "raycl-config.yaml"
 ERROR_LOG = "raycl-error.log"
-# Keys a resumed run may change: they change how and where it runs, not what it trains.
-RESUMABLE = ("epochs", "cluster.", "eval.", "tracking.", "verbose", "storage_path", "fresh")
-RESUMABLE += ("checkpoints_to_keep", "fault_injection_epoch", "data.loader_workers")
+# A local cluster runs no preemption watcher: one machine is not drained by a cloud, and the
+# watcher's actor logs a core-worker error about its restartable arguments at every start.
+LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 @dataclass
@@ -65,16 +76,24 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, **options:
 
     Never ``ray.init()`` without an address: that joins whatever cluster ``ray start`` last
     recorded on the machine, even a dead one. Ray's own INFO lines (a line per report and per
-    checkpoint) are shown only with ``verbose``; warnings and errors always are.
+    checkpoint) are shown only with ``verbose``; warnings and errors always are. The dashboard
+    always starts (0.7 s): Ray Train's placement-group cleaner asks the state API it serves
+    whether the run's controller lives, and warns once a second when it cannot. A cluster
+    started here gets :data:`LOCAL_CLUSTER_ENV` unless the environment says otherwise.
     """
     import ray
 
     if ray.is_initialized():
         return
+    if address is None:
+        os.environ.update({k: v for k, v in LOCAL_CLUSTER_ENV.items() if k not in os.environ})
+        # Ray's notice that a new local cluster uses token authentication, its default
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
+            logging.ERROR
+        )
     ray.init(
         address=address or "local",
         logging_config=ray.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
-        **({} if verbose else {"include_dashboard": False}),
         **options,
     )
 
@@ -213,15 +232,14 @@ def _fit_in_process(cfg: TrainConfig) -> tuple[str, str | None]:
     return run_dir, None if latest is None else latest.path
 
 
-def run_directory(cfg: TrainConfig) -> str:
-    """Where the run lives: ``storage_path/name`` (a local path or a URI)."""
-    return f"{storage_path(cfg)}/{cfg.name}"
+def check_inputs(cfg: TrainConfig) -> None:
+    """What can fail before Ray starts, as one line each (also what ``--cfg`` checks): the
+    data set opens and holds at least one global batch, and one of its items passes through
+    the model."""
+    import torch
 
-
-def preflight(cfg: TrainConfig) -> None:
-    """What can fail before Ray starts, as one line each: the data set must open and hold
-    at least one global batch; a rerun must keep the config of the run it resumes."""
     from raycl.data import build_datasets
+    from raycl.models import build_model, models_for
 
     try:
         bundle = build_datasets(cfg.data, cfg.seed)
@@ -238,50 +256,40 @@ def preflight(cfg: TrainConfig) -> None:
             f"worker(s) = {needed} items exceeds the training set of {cfg.data.name!r} "
             f"({size} items)"
         )
-    check_resume(cfg)
-
-
-def check_resume(cfg: TrainConfig) -> None:
-    """The run directory records the config of its first start; a rerun under the same name
-    must match it except for :data:`RESUMABLE` keys (a one-line error naming the keys that
-    differ), unless ``fresh=true``, which moves the old run aside and starts anew."""
-    import yaml
-
-    recorded = _read_text(f"{run_directory(cfg)}/{RUN_CONFIG_FILE}")
-    if recorded is None:
-        return
-    if cfg.fresh:
-        _move_aside(run_directory(cfg))
-        return
-    before = flat_config(redacted(yaml.safe_load(recorded)), scalars=False)  # an older record
-    now = flat_config(yaml.safe_load(to_yaml(cfg)), scalars=False)
-    changed = sorted(
-        key
-        for key in before.keys() | now.keys()
-        if before.get(key) != now.get(key) and not key.startswith(RESUMABLE)
-    )
-    if changed:
-        shown = ", ".join(f"{k} ({before.get(k)!r} -> {now.get(k)!r})" for k in changed[:4])
-        more = f" and {len(changed) - 4} more" if len(changed) > 4 else ""
+    item = bundle.test_eval[0][0]
+    model = build_model(cfg.model, bundle.in_channels).eval()
+    try:
+        with torch.no_grad():
+            model(item.unsqueeze(0))
+    except (RuntimeError, IndexError, ValueError) as err:
+        fitting = models_for(item.dim(), bundle.in_channels)
         raise ConfigError(
-            f"run {cfg.name!r} exists with another config: {shown}{more}; resume it with the "
-            "same config, pick another name, or pass fresh=true to start it anew"
-        )
-
-
-def record_config(cfg: TrainConfig) -> None:
-    """Write the config into the run directory (once: the run's identity for resuming),
-    credentials redacted."""
-    path = f"{run_directory(cfg)}/{RUN_CONFIG_FILE}"
-    if _read_text(path) is None:
-        _write_text(path, to_yaml(cfg))
+            f"model={cfg.model.name} does not take the items of data={cfg.data.name} (shape "
+            f"{list(item.shape)}: {first_line(err)}); choose "
+            + " or ".join(f"model={name}" for name in fitting)
+        ) from None
 
 
 def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
-    """Run (or resume) training on Ray Train; write ``metrics.parquet``/``.csv`` beside it."""
+    """Run (or resume) training on Ray Train; write ``metrics.parquet``/``.csv`` beside it.
+
+    Holds the run's lock throughout; checks inputs, the resumed config and the checkpoints
+    before Ray starts (:mod:`raycl.resume`)."""
+    with RunLock(cfg):
+        check_inputs(cfg)
+        check_resume(cfg)
+        repair_checkpoints(cfg)
+        resumed = resume_point(cfg)
+        if resumed is not None:
+            print(resume_line(cfg, resumed), flush=True)
+            if len(_saved_history(str(resumed))["history"]) >= cfg.epochs:
+                return _outcome(run_directory(cfg), str(resumed))
+        return _train(cfg, callbacks or [])
+
+
+def _train(cfg: TrainConfig, callbacks: list) -> TrainOutcome:
     from raycl.tracking import train_callbacks
 
-    preflight(cfg)
     in_process = cfg.cluster.num_workers == 0
     if not in_process:
         connect_ray(cfg.cluster.address, verbose=cfg.verbose)
@@ -290,7 +298,7 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
         if in_process:
             path, checkpoint = _fit_in_process(cfg)
         else:
-            path, checkpoint = _fit_workers(cfg, [*train_callbacks(cfg), *(callbacks or [])])
+            path, checkpoint = _fit_workers(cfg, [*train_callbacks(cfg), *callbacks])
     except TrainingDiverged as err:  # in this process: the same words as from a worker
         raise TrainingDiverged(f"{err}; the last good checkpoint is kept") from None
     except RayclError:
@@ -299,7 +307,16 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
         raise explained(err, run_directory(cfg)) from None
     if checkpoint is None:
         raise TrainingFailed(f"training produced no checkpoint under {path}")
-    saved = json.loads(_read_text(f"{checkpoint}/{HISTORY_FILE}"))
+    return _outcome(path, checkpoint)
+
+
+def _saved_history(checkpoint: str) -> dict[str, Any]:
+    return json.loads(read_text(f"{checkpoint}/{HISTORY_FILE}"))
+
+
+def _outcome(path: str, checkpoint: str) -> TrainOutcome:
+    """The run at ``path`` as its ``checkpoint`` left it; its metrics tables written."""
+    saved = _saved_history(checkpoint)
     outcome = TrainOutcome(
         metrics=saved["history"][-1],
         history=saved["history"],
@@ -335,41 +352,3 @@ def write_history(outcome: TrainOutcome) -> None:
     table = pa.table({c: [row.get(c, math.nan) for row in outcome.history] for c in columns})
     pq.write_table(table, Path(outcome.path) / "metrics.parquet")
     pacsv.write_csv(table, Path(outcome.path) / "metrics.csv")
-
-
-def _filesystem(path: str):
-    import pyarrow.fs
-
-    return pyarrow.fs.FileSystem.from_uri(path) if "://" in path else (None, path)
-
-
-def _read_text(path: str) -> str | None:
-    filesystem, inner = _filesystem(path)
-    if filesystem is None:
-        return Path(inner).read_text() if Path(inner).is_file() else None
-    try:
-        with filesystem.open_input_stream(inner) as stream:
-            return stream.read().decode()
-    except FileNotFoundError:
-        return None
-
-
-def _write_text(path: str, text: str) -> None:
-    filesystem, inner = _filesystem(path)
-    if filesystem is None:
-        Path(inner).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(inner).with_name(Path(inner).name + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(inner)
-        return
-    with filesystem.open_output_stream(inner) as stream:
-        stream.write(text.encode())
-
-
-def _move_aside(run_dir: str) -> None:
-    """Rename an old run directory to ``<name>.<timestamp>`` (nothing is deleted)."""
-    if "://" in run_dir:
-        raise ConfigError(f"fresh=true: cannot move {run_dir} aside; use another name")
-    aside = f"{run_dir}.{time.strftime('%Y%m%d-%H%M%S')}"
-    Path(run_dir).rename(aside)
-    print(f"fresh=true: the old run {run_dir} is now {aside}", flush=True)

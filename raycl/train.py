@@ -42,7 +42,7 @@ from raycl.gradcache import encode
 from raycl.losses import ContrastiveLoss, LossTerms, build_loss
 from raycl.metrics import DegenerateEmbeddings
 from raycl.models import build_model
-from raycl.optim import build_optimization
+from raycl.optim import build_optimization, restore_schedule
 from raycl.schema import TrainConfig
 from raycl.session import RayTrainSession, Session
 
@@ -317,7 +317,7 @@ def _restore(checkpoint: Any, run: TrainingRun) -> dict[str, Any]:
         rng = load_rng(directory, run.session.rank)
     _unwrap(run.model).load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
-    run.scheduler.load_state_dict(state["scheduler"])
+    restore_schedule(run.scheduler, state["scheduler"])
     if rng is not None:
         set_rng_states(rng)
         generator = _loader_generator(run)

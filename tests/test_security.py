@@ -147,7 +147,8 @@ def test_export_and_embed_refuse_it_in_one_line(planted, tmp_path, capsys):
 
 def test_resuming_refuses_it_in_one_line(planted, capsys):
     storage, checkpoint, marker = planted
-    line = one_error_line(capsys, ["train", *QUICK, f"storage_path={storage}"])
+    extended = ["train", *QUICK, "epochs=3", f"storage_path={storage}"]  # loads its state
+    line = one_error_line(capsys, extended)
     assert line.startswith("raycl: error: ") and f"{checkpoint / STATE_FILE}: refused" in line
     assert not marker.exists()
 

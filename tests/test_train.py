@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
 
+from raycl.checkpoint import run_checkpoints, verify_checkpoint
 from raycl.config import ConfigError, load_config
 
 QUICK = [
@@ -105,11 +107,40 @@ def test_chunked_training_reports_and_writes_history(tmp_path):
 
 
 @pytest.mark.slow
-def test_rerun_with_same_name_resumes(clean):
-    storage, first = clean  # a finished 3-epoch run, extended to 4 by the same name
+def test_rerun_with_a_corrupt_latest_checkpoint_resumes_extends_prunes_and_resumes_again(
+    clean, capsys
+):
+    """Issue 23's worst case on Ray Train: the latest checkpoint of a finished run has a
+    flipped byte; the run is extended by its name. Ray Train's own record of the run's
+    checkpoints must forget the set-aside one, so the run prunes (2 kept), finishes with a
+    live learning rate (the schedule re-planned over 4 epochs, not stuck at the 3-epoch
+    plan's final 0) and can be resumed once more; nothing good is deleted."""
+    storage, first = clean
+    run_dir = storage / "clean"
+    older = run_checkpoints(run_dir)[-2]  # the best by kNN, kept beside the latest
+    done = int(older.name.removeprefix("epoch-")) + 1
+    state = run_dir / "epoch-00002" / "state.pt"
+    flipped = bytearray(state.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    state.write_bytes(bytes(flipped))
+
     second = run(storage, "name=clean", "loss=tcl", "epochs=4")
+    said = capsys.readouterr()
+    assert "skipping checkpoint" in said.err and "epoch-00002: state.pt does not match" in said.err
+    assert f"resumed from epoch {done} (checkpoint {older}); epochs 3 -> 4" in said.out
     assert [h["epoch"] for h in second.history] == [0, 1, 2, 3]
-    assert second.history[:3] == first.history
+    assert second.history[:done] == first.history[:done]
+    assert second.history[2]["lr"] > 0.1 * second.history[0]["lr"]  # the 3-epoch plan: 0
+    assert (run_dir / "epoch-00002.corrupt").is_dir()
+    record = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    named = {r["checkpoint_dir_name"] for r in record["checkpoint_results"]}
+    assert named == {p.name for p in run_checkpoints(run_dir)} and len(named) == 2
+    assert all(verify_checkpoint(run_dir / name) is None for name in named)
+
+    third = run(storage, "name=clean", "loss=tcl", "epochs=5")
+    assert "resumed from epoch 4" in capsys.readouterr().out
+    assert third.history[:4] == second.history
+    assert [h["epoch"] for h in third.history] == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.slow
