@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,7 @@ def compose(
 ):
     """Compose ``conf/<config_name>.yaml`` with Hydra ``overrides`` (a ``DictConfig``);
     ``config_dirs`` are searched for extra group options (``loss/my_loss.yaml``, ...)."""
+    import yaml
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.errors import HydraException
@@ -62,8 +64,22 @@ def compose(
                 config_name=config_name, overrides=[*search_path, *list(overrides or [])]
             )
     except (HydraException, OmegaConfBaseException) as err:
-        cause = f": {_one_line(err.__cause__)}" if err.__cause__ else ""
-        raise ConfigError(_one_line(err).rstrip(".") + cause) from None
+        raise ConfigError(_composition_error(err, config_dirs)) from None
+    except yaml.MarkedYAMLError as err:  # a config file that is not YAML
+        mark = err.problem_mark or err.context_mark
+        where = f"{mark.name}, line {mark.line + 1}" if mark else "a config file"
+        raise ConfigError(f"{where}: not valid YAML: {err.problem or err.context}") from None
+
+
+def _composition_error(err: BaseException, config_dirs: list[str | Path] | None) -> str:
+    """Hydra's error in one line; an unknown ``group=option`` lists the group's options."""
+    unknown = re.search(r"Could not find '(\w+)/([^']*)'", str(err))
+    if unknown and unknown.group(1) in GROUPS:
+        group, option = unknown.groups()
+        choices = ", ".join(group_options(config_dirs)[group])
+        return f"{group}={option}: no such option; choose one of {choices}"
+    cause = f": {_one_line(err.__cause__)}" if err.__cause__ else ""
+    return _one_line(err).rstrip(".") + cause
 
 
 def load_config(
@@ -203,6 +219,18 @@ def validate(cfg: TrainConfig) -> None:
     from raycl.models import check_model
     from raycl.optim import check_optim
 
+    if "name" not in cfg.loss:
+        raise ConfigError("loss.name is required")
+    try:
+        check_data(cfg.data)
+        check_model(cfg.model)
+        check_optim(cfg.optim)
+        build_loss(**cfg.loss)
+    except (ValueError, TypeError) as err:
+        message = str(err)
+        raise ConfigError(
+            message if message.split(".")[0] in GROUPS else f"loss: {message}"
+        ) from None
     checks = [
         ("epochs", cfg.epochs >= 1, "must be >= 1"),
         ("checkpoint_mode", cfg.checkpoint_mode in ("max", "min"), "must be max or min"),
@@ -245,18 +273,6 @@ def validate(cfg: TrainConfig) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{key} {rule}, got {_select(cfg, key)!r}")
-    if "name" not in cfg.loss:
-        raise ConfigError("loss.name is required")
-    try:
-        check_data(cfg.data)
-        check_model(cfg.model)
-        check_optim(cfg.optim)
-        build_loss(**cfg.loss)
-    except (ValueError, TypeError) as err:
-        message = str(err)
-        raise ConfigError(
-            message if message.split(".")[0] in GROUPS else f"loss: {message}"
-        ) from None
 
 
 def _select(cfg: Any, dotted: str) -> Any:

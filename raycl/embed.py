@@ -36,9 +36,9 @@ import torch
 import torch.nn.functional as F
 
 from raycl.checkpoint import choose_checkpoint, recorded_config, recorded_input_shape
+from raycl.cluster import connect_ray
 from raycl.config import redacted
 from raycl.errors import CheckpointError, ConfigError, DataError
-from raycl.runner import connect_ray
 from raycl.schema import DataConfig
 
 SPLITS = ("test", "train")

@@ -9,16 +9,12 @@ queue), and writes ``metrics.parquet``/``.csv`` into the run directory. Rerunnin
 ``storage_path`` and ``name`` resumes from the latest good checkpoint; with
 ``cluster.max_failures`` a killed worker is replaced and training continues from it. An error
 from a worker reaches the user as one line (:mod:`raycl.errors`), its traceback in the run's
-``raycl-error.log``. :func:`connect_ray` is the one place a driver (train, tune, the benches)
-starts Ray.
-"""
+``raycl-error.log``."""
 
 from __future__ import annotations
 
 import json
-import logging
 import math
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from raycl.checkpoint import HISTORY_FILE
+from raycl.cluster import connect_ray
 from raycl.config import storage_path
 from raycl.errors import (
     ConfigError,
@@ -55,9 +52,6 @@ from raycl.schema import TrainConfig
 from raycl.train import train_loop_per_worker
 
 ERROR_LOG = "raycl-error.log"
-# A local cluster runs no preemption watcher: one machine is not drained by a cloud, and the
-# watcher's actor logs a core-worker error about its restartable arguments at every start.
-LOCAL_CLUSTER_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
 @dataclass
@@ -69,33 +63,6 @@ class TrainOutcome:
     initial: dict[str, float]
     path: str
     checkpoint_path: str | None
-
-
-def connect_ray(address: str | None = None, *, verbose: bool = False, **options: Any) -> None:
-    """Join ``address`` (``auto`` or a URI), or start a fresh local Ray when it is None.
-
-    Never ``ray.init()`` without an address: that joins whatever cluster ``ray start`` last
-    recorded on the machine, even a dead one. Ray's own INFO lines (a line per report and per
-    checkpoint) are shown only with ``verbose``; warnings and errors always are. The dashboard
-    always starts (0.7 s): Ray Train's placement-group cleaner asks the state API it serves
-    whether the run's controller lives, and warns once a second when it cannot. A cluster
-    started here gets :data:`LOCAL_CLUSTER_ENV` unless the environment says otherwise.
-    """
-    import ray
-
-    if ray.is_initialized():
-        return
-    if address is None:
-        os.environ.update({k: v for k, v in LOCAL_CLUSTER_ENV.items() if k not in os.environ})
-        # Ray's notice that a new local cluster uses token authentication, its default
-        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
-            logging.ERROR
-        )
-    ray.init(
-        address=address or "local",
-        logging_config=ray.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
-        **options,
-    )
 
 
 def epoch_line(metrics: dict[str, float], epochs: int) -> str:

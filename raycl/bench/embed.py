@@ -70,8 +70,9 @@ def _raycl(run: str, overrides: list[str], workers: int, output: Path) -> int:
 
 def measure(args: argparse.Namespace) -> dict[str, list[float]]:
     """items/s of every method, one list entry per round."""
+    from raycl.cluster import connect_ray
     from raycl.config import load_config
-    from raycl.runner import connect_ray, train
+    from raycl.runner import train
 
     size = args.image_size
     overrides = [f"data.num_items={args.items}", f"data.item_shape=[3,{size},{size}]"]

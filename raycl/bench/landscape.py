@@ -146,8 +146,8 @@ def run(args: argparse.Namespace) -> Path:
         TimeRemainingColumn,
     )
 
+    from raycl.cluster import connect_ray
     from raycl.config import training_config
-    from raycl.runner import connect_ray
     from raycl.search.space import space_config
 
     output = Path(args.output)

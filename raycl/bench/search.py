@@ -331,7 +331,7 @@ def live_check(
     full-length trial's metric against the table (z = (metric − table mean) / σ)."""
     import ray
 
-    from raycl.runner import connect_ray
+    from raycl.cluster import connect_ray
     from raycl.search.tuner import load_tune_config, run_search
 
     storage = str(Path(args.storage_path).resolve())

@@ -20,7 +20,8 @@ def run(args: argparse.Namespace) -> list[dict]:
     """One short training per worker count; its last epoch's throughput."""
     import ray
 
-    from raycl.runner import connect_ray, train
+    from raycl.cluster import connect_ray
+    from raycl.runner import train
 
     connect_ray()
     rows = []

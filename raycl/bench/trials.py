@@ -25,7 +25,7 @@ DEFAULT_OVERRIDES = ["data=mnist1d", "model=conv1d", "optim.lr=0.02", "eval.knn_
 
 def run(args: argparse.Namespace) -> list[dict]:
     """One search per reuse setting; per-trial wall, training and overhead seconds."""
-    from raycl.runner import connect_ray
+    from raycl.cluster import connect_ray
     from raycl.search.tuner import load_tune_config, run_search
 
     connect_ray()

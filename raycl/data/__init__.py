@@ -12,6 +12,7 @@ own module: :mod:`~raycl.data.digits`, :mod:`~raycl.data.mnist1d`, :mod:`~raycl.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -107,19 +108,26 @@ def build_datasets(data: DataConfig, seed: int = 0) -> DatasetBundle:
     """
     check_data(data)
     bundle = DATASETS[data.name].build(data, seed)
-    guarded = (GuardedDataset(d, data.on_bad_item) for d in bundle[:3])
-    return DatasetBundle(*guarded, num_classes=bundle.num_classes, in_channels=bundle.in_channels)
+    train = GuardedDataset(bundle.train_contrastive, data.on_bad_item)
+    return DatasetBundle(
+        train,
+        GuardedDataset(bundle.train_eval, data.on_bad_item, same_items_as=train),
+        GuardedDataset(bundle.test_eval, data.on_bad_item),
+        num_classes=bundle.num_classes,
+        in_channels=bundle.in_channels,
+    )
 
 
 def training_loader(dataset: Dataset, data: DataConfig, seed: int) -> DataLoader:
     """The in-worker loader of contrastive items (``data.ingest = loader``): shuffled with a
-    ``seed``-ed generator, ``data.batch_size_per_worker`` items a batch, last partial dropped."""
+    ``seed``-ed generator, ``data.batch_size_per_worker`` items a batch, last partial dropped;
+    ``data.loader_workers`` processes, at most one per CPU this process may run on."""
     return DataLoader(
         dataset,
         batch_size=data.batch_size_per_worker,
         shuffle=True,
         drop_last=True,
-        num_workers=data.loader_workers,
+        num_workers=min(data.loader_workers, len(os.sched_getaffinity(0))),
         generator=torch.Generator().manual_seed(seed),
     )
 

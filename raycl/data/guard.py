@@ -3,9 +3,9 @@
 :class:`GuardedDataset` wraps any map-style data set. An item that fails to load raises a
 one-line :class:`~raycl.errors.DataError` naming the item and its file or row
 (``data.on_bad_item=error``, the default), or is replaced by the next item that loads and
-counted (``data.on_bad_item=skip``: a warning per bad item, the count in the epoch's
-``bad_items`` metric). The count lives in shared memory, so items loaded in DataLoader
-worker processes count too.
+counted (``data.on_bad_item=skip``: one warning per bad item, however often it is met, the
+count of replacements in the epoch's ``bad_items`` metric). The count and the set of reported
+items live in shared memory, so items loaded in DataLoader worker processes count too.
 """
 
 from __future__ import annotations
@@ -36,12 +36,24 @@ def item_source(dataset: Any, index: int) -> str:
 class GuardedDataset(Dataset):
     """``dataset`` with the ``on_bad_item`` policy; other attributes pass through."""
 
-    def __init__(self, dataset: Dataset, on_bad_item: str = "error") -> None:
+    def __init__(
+        self,
+        dataset: Dataset,
+        on_bad_item: str = "error",
+        same_items_as: GuardedDataset | None = None,
+    ) -> None:
         if on_bad_item not in ON_BAD_ITEM:
             raise ValueError(f"data.on_bad_item must be one of {list(ON_BAD_ITEM)}")
         self.dataset = dataset
         self.on_bad_item = on_bad_item
         self._skipped = multiprocessing.Value("q", 0)
+        # One bit per item, in shared memory: each bad item is reported once, whichever
+        # process meets it; a view of the same items (``same_items_as``) shares the bits.
+        if same_items_as is not None and len(same_items_as) == len(self):
+            self._reported = same_items_as._reported
+        else:
+            size = len(self) if on_bad_item == "skip" else 0
+            self._reported = multiprocessing.Array("B", (size + 7) // 8, lock=False)
 
     @property
     def skipped(self) -> int:
@@ -52,7 +64,7 @@ class GuardedDataset(Dataset):
         return len(self.dataset)  # type: ignore[arg-type]
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("dataset", "_skipped", "on_bad_item"):  # not set yet (unpickling)
+        if name in ("dataset", "_skipped", "_reported", "on_bad_item"):  # not set yet (unpickling)
             raise AttributeError(name)
         return getattr(self.dataset, name)
 
@@ -71,5 +83,9 @@ class GuardedDataset(Dataset):
                     ) from None
                 with self._skipped.get_lock():
                     self._skipped.value += 1
-                print(f"raycl: skipped bad item {current} ({where})", file=sys.stderr)
+                    byte, bit = divmod(current, 8)
+                    first = not self._reported[byte] & (1 << bit)
+                    self._reported[byte] |= 1 << bit
+                if first:
+                    print(f"raycl: skipped bad item {current} ({where})", file=sys.stderr)
         raise DataError("data: no item of the data set could be loaded")

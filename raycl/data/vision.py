@@ -75,7 +75,11 @@ def _require_dir(path: str | Path) -> Path:
 
 def image_folder(root: str | Path, transform: Callable[[Any], Any] | None = None) -> ImageFolder:
     """An ``ImageFolder`` over ``root/<class>/<image>``; a missing ``root`` fails clearly."""
-    return ImageFolder(_require_dir(root), transform=transform)
+    root = _require_dir(root)
+    try:
+        return ImageFolder(root, transform=transform)
+    except FileNotFoundError as err:  # no class folders, or folders without images
+        raise FileNotFoundError(f"image folder '{root}' holds no images ({err})") from None
 
 
 class ClassSplitImageFolder(ImageFolder):

@@ -221,6 +221,16 @@ def check_search(search: Mapping[str, Any] | Any) -> None:
         ("search.max_concurrent_trials", search.max_concurrent_trials >= 1, "must be >= 1"),
         ("search.grace_period", search.grace_period >= 1, "must be >= 1"),
         ("search.reduction_factor", search.reduction_factor >= 2, "must be >= 2"),
+        (
+            "search.budget_trials",
+            search.budget_trials is None or search.budget_trials >= 1,
+            "must be >= 1 or null",
+        ),
+        (
+            "search.budget_epochs",
+            search.budget_epochs is None or search.budget_epochs >= 1,
+            "must be >= 1 or null",
+        ),
     ]
     for key, ok, rule in checks:
         if not ok:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ray.tune.stopper import Stopper
 
+from raycl.cluster import connect_ray
 from raycl.config import (
     SEARCH_MARKER,
     ConfigError,
@@ -28,7 +29,7 @@ from raycl.config import (
     training_config,
     trial_config,
 )
-from raycl.runner import connect_ray, trainer_for
+from raycl.runner import trainer_for
 from raycl.schema import TrainConfig, TuneRunConfig
 from raycl.search.methods import build_search, check_search
 from raycl.search.progress import SearchProgress
