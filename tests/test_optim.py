@@ -13,6 +13,7 @@ from raycl.optim import (
     WarmupCosine,
     build_optimization,
     build_optimizer,
+    restore_schedule,
     scaled_learning_rate,
     warmup_cosine,
 )
@@ -377,3 +378,31 @@ def test_build_optimization_scales_the_lr_and_schedules_every_step():
 def test_bad_optim_sections_are_one_line(settings, match):
     with pytest.raises(ValueError, match=match):
         build_optimization(_small_net(), OptimConfig(**settings), 256, 4, 3)
+
+
+def _trained_schedule(total_steps: int, steps: int):
+    model = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.3)
+    scheduler = warmup_cosine(optimizer, 2, total_steps)
+    for _ in range(steps):
+        optimizer.step()
+        scheduler.step()
+    return model, optimizer, scheduler
+
+
+def test_a_restored_schedule_keeps_its_position_and_a_longer_plan_is_replanned():
+    model, optimizer, scheduler = _trained_schedule(10, 10)
+    assert optimizer.param_groups[0]["lr"] == 0.0  # the 10-step plan has ended
+    saved_optimizer, saved_schedule = optimizer.state_dict(), scheduler.state_dict()
+
+    def resumed(total_steps: int) -> float:
+        again = torch.optim.SGD(model.parameters(), lr=0.3)
+        schedule = warmup_cosine(again, 2, total_steps)
+        again.load_state_dict(saved_optimizer)
+        restore_schedule(schedule, saved_schedule)
+        assert schedule.last_epoch == 10
+        return again.param_groups[0]["lr"]
+
+    assert resumed(10) == 0.0  # the same plan: exactly where it was
+    fresh = _trained_schedule(20, 10)[1].param_groups[0]["lr"]
+    assert resumed(20) == fresh > 0  # 20 steps: as if planned so from the start
