@@ -267,8 +267,8 @@ def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes(tmp_path):
     latest = run_dir / "epoch-00002" / "state.pt"
     latest.write_bytes(latest.read_bytes()[:1000])  # a crash while writing
     assert verify_checkpoint(latest.parent) == "state.pt does not match its checksum"
-    resumed = run(tmp_path, "name=cut", "epochs=4")
-    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3]
+    resumed = run(tmp_path, "name=cut", "epochs=3")  # the same epochs (more: test_train.py)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2]
     assert resumed.history[:2] == first.history[:2]  # epochs 0-1 came from the checkpoint
     assert (run_dir / "epoch-00002.corrupt").is_dir()  # set aside, not deleted
     assert verify_checkpoint(run_dir / "epoch-00002") is None  # written again, whole
