@@ -70,6 +70,14 @@ def landscape_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", default="benchmarks/landscape.parquet")
     parser.add_argument("--resume", action="store_true", help="keep the runs already done")
     parser.add_argument("--address", help="Ray cluster to join (default: a fresh local one)")
+    parser.add_argument(
+        "--recheck",
+        type=int,
+        default=0,
+        metavar="N",
+        help="retrain N random points of the first seed with today's code and compare (2σ)",
+    )
+    parser.add_argument("--recheck-seed", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--flush-every", type=int, default=10, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides of the tune config")
 

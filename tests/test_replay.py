@@ -460,3 +460,73 @@ def test_tiny_landscape_replays_and_live_check_end_to_end(tmp_path: Path) -> Non
     assert "### Live check" in text and "| cd |" in text and "| random |" in text
     assert "| median abs(Δ) |" in text
     assert f"runs: 8 by {code})" in text
+
+
+def test_recheck_keeps_the_first_seed_only_if_every_rerun_is_within_two_sigma(
+    tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """`raycl bench landscape --recheck N`: N seed-0 points drawn at random are retrained
+    (here: a stand-in for the actors) and compared with the table, 2σ with σ the median
+    point's seed SD; the reruns are kept beside the table, so a second call trains nothing."""
+    import argparse
+    import json
+
+    from raycl.bench import landscape as bench
+
+    overrides = ["epochs=2"]
+    cfg = bench.tune_config(overrides)
+    metric = cfg.search.metric
+    rng = np.random.default_rng(1)
+    runs = []
+    for point, seed in bench.jobs(cfg, 2):
+        final = 70 + 10 * point["loss.weight"] + rng.normal(0, 1.0)  # seed SD about 1
+        runs.append([{**point, "seed": seed, "epoch": e, metric: final} for e in (1, 2)])
+    output = tmp_path / "land.parquet"
+    Path(f"{output}.partial.jsonl").write_text("\n".join(json.dumps(r) for r in runs))
+    table = {
+        json.dumps({k: row[k] for k in point}, sort_keys=True): row[metric]
+        for run in runs
+        for row in run
+        if row["seed"] == 0
+    }
+    trained: list[int] = []
+
+    def stand_in(shift: float):
+        def train_runs(base, todo, partial, args, code, after_each=None):
+            trained.append(len(todo))
+            new = [
+                [
+                    {
+                        **p,
+                        "seed": s,
+                        "epoch": 2,
+                        metric: table[json.dumps(p, sort_keys=True)] + shift * (i == 0),
+                    }
+                ]
+                for i, (p, s) in enumerate(todo)
+            ]
+            with partial.open("a") as file:
+                file.writelines(json.dumps(r) + "\n" for r in new)
+            return [row for r in new for row in r]
+
+        return train_runs
+
+    args = argparse.Namespace(
+        output=str(output),
+        overrides=overrides,
+        recheck=4,
+        recheck_seed=0,
+        seeds=2,
+        workers=1,
+        address=None,
+    )
+    monkeypatch.setattr(bench, "train_runs", stand_in(0.5))
+    assert bench.recheck(args) is True
+    assert "4 of 4 within 2σ: keep seed 0" in capsys.readouterr().out
+    assert bench.recheck(args) is True and trained == [4, 0]  # resumed: nothing retrained
+
+    Path(f"{output}.recheck.jsonl").unlink()
+    monkeypatch.setattr(bench, "train_runs", stand_in(25.0))  # one rerun far off
+    assert bench.recheck(args) is False
+    said = capsys.readouterr().out
+    assert "3 of 4 within 2σ: rebuild seed 0 at one commit" in said and "| NO |" in said

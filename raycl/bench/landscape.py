@@ -135,26 +135,10 @@ def _partial(output: Path) -> Path:
     return output.with_name(output.name + ".partial.jsonl")
 
 
-def run(args: argparse.Namespace) -> Path:
-    """Train the missing (point, seed) runs on Ray actors; return the table's path."""
-    import ray
-    from rich.progress import (
-        BarColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    from raycl.cluster import connect_ray
-    from raycl.config import training_config
+def _metadata(args: argparse.Namespace, cfg: Any) -> dict[str, Any]:
     from raycl.search.space import space_config
 
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    cfg = tune_config(args.overrides)
-    base = training_config(cfg)
-    metadata = {
+    return {
         "overrides": args.overrides,
         "space": space_config(cfg),
         "metric": cfg.search.metric,
@@ -165,6 +149,16 @@ def run(args: argparse.Namespace) -> Path:
         "machine": f"{cpu_model()}, {os.cpu_count()} cores",
         "date": str(date.today()),
     }
+
+
+def run(args: argparse.Namespace) -> Path:
+    """Train the missing (point, seed) runs on Ray actors; return the table's path."""
+    from raycl.config import training_config
+
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    cfg = tune_config(args.overrides)
+    metadata = _metadata(args, cfg)
     if not args.resume:
         _partial(output).unlink(missing_ok=True)
     rows = read_rows(output)
@@ -177,31 +171,132 @@ def run(args: argparse.Namespace) -> Path:
         f"landscape: {len(done)} runs done ({runs_by_code(pd.DataFrame(rows), metadata)}), "
         f"{len(todo)} to train on {args.workers} actors with code {code}"
     )
-    if todo:
-        connect_ray(args.address)
-        trainer = ray.remote(num_cpus=1)(_Trainer)
-        pool = ray.util.ActorPool([trainer.remote() for _ in range(args.workers)])
-        columns = (
-            TextColumn("{task.description}"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
-        with Progress(*columns) as progress, _partial(output).open("a") as partial:
-            task = progress.add_task("landscape", total=len(todo))
-            runs = pool.map_unordered(lambda a, job: a.train.remote(base, *job), todo)
-            for finished, result in enumerate(runs, 1):
-                new = rows_of(result, code)
-                partial.write(json.dumps(new) + "\n")
-                partial.flush()
-                rows += new
-                progress.advance(task)
-                if finished % args.flush_every == 0:
-                    write_table(rows, output, metadata)
-        ray.shutdown()
+
+    def flush(finished: int) -> None:
+        if finished % args.flush_every == 0:
+            write_table(rows, output, metadata)
+
+    rows += train_runs(training_config(cfg), todo, _partial(output), args, code, flush)
     write_table(rows, output, metadata)
     return output
+
+
+def train_runs(
+    base: Any,
+    todo: list[tuple[dict[str, Any], int]],
+    partial: Path,
+    args: argparse.Namespace,
+    code: str,
+    after_each: Any = None,
+) -> list[dict[str, Any]]:
+    """Train ``todo`` on ``args.workers`` Ray actors; each finished run's rows are appended to
+    ``partial`` at once (JSON lines) and returned together."""
+    import ray
+    from rich.progress import (
+        BarColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from raycl.cluster import connect_ray
+
+    if not todo:
+        return []
+    connect_ray(args.address)
+    trainer = ray.remote(num_cpus=1)(_Trainer)
+    pool = ray.util.ActorPool([trainer.remote() for _ in range(args.workers)])
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    rows: list[dict[str, Any]] = []
+    with Progress(*columns) as progress, partial.open("a") as file:
+        task = progress.add_task("landscape", total=len(todo))
+        runs = pool.map_unordered(lambda a, job: a.train.remote(base, *job), todo)
+        for finished, result in enumerate(runs, 1):
+            new = rows_of(result, code)
+            file.write(json.dumps(new) + "\n")
+            file.flush()
+            rows += new
+            progress.advance(task)
+            if after_each is not None:
+                after_each(finished)
+    ray.shutdown()
+    return rows
+
+
+def recheck(args: argparse.Namespace) -> bool:
+    """Retrain ``args.recheck`` seed-0 runs of the table, drawn at random (seeded), with
+    today's code and compare each final metric with the table's: seed 0 is kept if every
+    rerun lies within 2σ of its row (σ: the median point's seed SD, from the points with two
+    seeds or more), else it is to be rebuilt. Reruns go to ``<output>.recheck.jsonl``
+    (resumable) and the comparison is printed; whether seed 0 is kept."""
+    import numpy as np
+
+    from raycl.bench.replay import Landscape
+    from raycl.config import training_config
+
+    output = Path(args.output)
+    cfg = tune_config(args.overrides)
+    metadata = _metadata(args, cfg)
+    rows = pd.DataFrame(read_rows(output))
+    landscape = Landscape.from_table(rows, metadata)
+    seed0 = rows[(rows["seed"] == cfg.seed) & (rows["epoch"] == cfg.epochs)]
+    points = [_point_of(row, metadata) for row in seed0.to_dict("records")]
+    drawn = np.random.default_rng(args.recheck_seed).choice(
+        len(points), size=args.recheck, replace=False
+    )
+    chosen = [points[i] for i in sorted(drawn)]
+    again_path = output.with_name(output.name + ".recheck.jsonl")
+    again = [r for line in _lines(again_path) for r in json.loads(line)]
+    done = {json.dumps(_point_of(r, metadata), sort_keys=True) for r in again}
+    todo = [(p, cfg.seed) for p in chosen if json.dumps(p, sort_keys=True) not in done]
+    code = code_version()
+    print(f"recheck: {len(chosen) - len(todo)} of {len(chosen)} reruns done; code {code}")
+    again += train_runs(training_config(cfg), todo, again_path, args, code)
+    final = {
+        json.dumps(_point_of(r, metadata), sort_keys=True): r[cfg.search.metric]
+        for r in again
+        if r["epoch"] == cfg.epochs
+    }
+    sigma = float(np.median(landscape.seed_sds))
+    print(
+        f"σ = {sigma:.2f} (median seed SD over {len(landscape.seed_sds)} points); 2σ = "
+        f"{2 * sigma:.2f}\n"
+    )
+    print(f"| point | table (seed {cfg.seed}) | rerun | Δ | within 2σ |\n|---|---|---|---|---|")
+    within = []
+    for point in chosen:
+        old = float(seed0.loc[_matches(seed0, point), cfg.search.metric].iloc[0])
+        new = final[json.dumps(point, sort_keys=True)]
+        within.append(abs(new - old) <= 2 * sigma)
+        shown = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in point.items())
+        print(
+            f"| {shown} | {old:.2f} | {new:.2f} | {new - old:+.2f} | "
+            f"{'yes' if within[-1] else 'NO'} |"
+        )
+    keep = all(within)
+    print(
+        f"\n{sum(within)} of {len(within)} within 2σ: "
+        + ("keep seed 0" if keep else "rebuild seed 0 at one commit")
+    )
+    return keep
+
+
+def _matches(frame: pd.DataFrame, point: dict[str, Any]) -> pd.Series:
+    mask = pd.Series(True, index=frame.index)
+    for name, value in point.items():
+        mask &= frame[name] == value
+    return mask
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
 
 
 class _Trainer:
@@ -221,5 +316,8 @@ def _argv(args: argparse.Namespace) -> Iterable[str]:
 
 
 def main(args: argparse.Namespace) -> None:
-    """Build (or complete) the table."""
+    """Build (or complete) the table, or recheck its first seed at today's code."""
+    if args.recheck:
+        recheck(args)
+        return
     print(f"wrote {run(args)}")
