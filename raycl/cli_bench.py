@@ -92,8 +92,22 @@ def search_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--budget-epochs", type=int, help="default: 40 full trials")
     parser.add_argument("--budget-trials", type=int, default=None)
-    parser.add_argument("--delta", type=float, help="target regret (default: the pooled σ)")
+    parser.add_argument(
+        "--delta", type=float, help="target regret (default: σ, the median point's seed SD)"
+    )
     parser.add_argument("--crn", action="store_true", help="one table seed per replay")
+    parser.add_argument(
+        "--starts",
+        action="store_true",
+        help="replay r of every method starts at the gate's start point r (mod their count); "
+        "CD's coordinate order shuffled per replay",
+    )
+    parser.add_argument(
+        "--observe-seeds",
+        type=int,
+        metavar="N",
+        help="searchers see each point's first N seeds; regret is scored on the others",
+    )
     parser.add_argument("--output", help="write the markdown report here (PNG beside)")
     parser.add_argument(
         "--live", action="store_true", help="also run one real `raycl tune` per method"

@@ -16,7 +16,7 @@ from ray.tune.search import Searcher
 
 import raycl
 from raycl.bench.measure import code_version
-from raycl.bench.replay import Landscape, replay
+from raycl.bench.replay import Landscape, replay, replays
 from raycl.schema import SearchConfig
 from raycl.search.methods import (
     METHODS,
@@ -279,7 +279,8 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
         "| CD / random | trials |",
         "| CD / asha | epochs |",
         "| CD / tpe | trials |",
-        "CD reaches δ in ≥ 80 % of replays",
+        "CD reaches δ in ≥ 90 % of replays",
+        "CD's recommendation after 40 trials, regret 90th percentile ≤ TPE's",
         "Most frequent final recommendations",
         "| final regret: 90th percentile |",
         "Landscape shape: seed SD pooled σ",
@@ -530,3 +531,126 @@ def test_recheck_keeps_the_first_seed_only_if_every_rerun_is_within_two_sigma(
     assert bench.recheck(args) is False
     said = capsys.readouterr().out
     assert "3 of 4 within 2σ: rebuild seed 0 at one commit" in said and "| NO |" in said
+
+
+# -- the gate and the starts (issue 26's rules) ----------------------------------------------
+
+
+def bowl_with_a_noisy_corner(corner_noise: float) -> Landscape:
+    """The quadratic bowl, 3 seeds, seed noise 0.3 everywhere but one corner point, whose
+    seeds differ by ``corner_noise`` (a collapsing corner)."""
+    table = quadratic_table(seeds=3)
+    corner = (
+        (table["loss.temperature"] == 1.0)
+        & (table["loss.weight"] == 0.25)
+        & (table["data.batch_size_per_worker"] == 128)
+    )
+    table.loc[corner, "acc"] += (table.loc[corner, "seed"] - 1) * corner_noise  # mean kept
+    return Landscape.from_table(table, METADATA)
+
+
+def test_sigma_is_the_median_point_seed_sd_so_one_corner_cannot_set_it() -> None:
+    calm, stormy = bowl_with_a_noisy_corner(0.0), bowl_with_a_noisy_corner(100.0)
+    assert stormy.sigma == pytest.approx(calm.sigma, rel=0.1)  # the median ignores one corner
+    assert stormy.pooled_sigma > 5 * calm.pooled_sigma  # the pooled σ does not
+    assert stormy.gate().passes  # median σ: ≥ 20 starts, 1 point within δ
+    pooled = stormy.gate(pooled=True)
+    assert not pooled.passes and pooled.starts < 20  # pooled σ ≈ 13: few points ≥ 3σ away
+    assert "FAILS" in pooled.report() and "needs ≥ 20" in pooled.report()
+
+
+def test_starts_are_far_below_and_away_from_the_region_near_the_best(landscape) -> None:
+    sigma = landscape.sigma
+    starts = landscape.starts(sigma, sigma)
+    near = [landscape.lattice_index(k) for k in landscape.curves if landscape.regret(k) <= sigma]
+    assert len(starts) >= 20 and landscape.start_key not in near
+    for key in starts:
+        assert landscape.regret(key) >= 3 * sigma
+        index = landscape.lattice_index(key)
+        assert all(max(abs(a - b) for a, b in zip(index, n, strict=True)) >= 2 for n in near)
+    beside_best = landscape.space.key(
+        {"loss.temperature": 0.5, "loss.weight": 1.0, "data.batch_size_per_worker": 64}
+    )  # one step from the best along every coordinate: never a start
+    assert landscape.regret(beside_best) >= 3 * sigma and beside_best not in starts
+
+
+def test_a_flat_landscape_fails_the_gate_on_its_share_near_the_best() -> None:
+    table = quadratic_table(seeds=2)
+    noise = np.random.default_rng(3).normal(0, 0.3, len(table))
+    table["acc"] = 80 + noise  # no point is better than another beyond seed noise
+    gate = Landscape.from_table(table, METADATA).gate()
+    assert gate.share > 0.05 and not gate.passes and not gate.decides
+
+
+def test_replays_from_given_starts_begin_there_and_cd_sweeps_in_shuffled_orders(landscape):
+    starts = landscape.starts(landscape.sigma, landscape.sigma)[:3]
+    cd = search_section("cd", repeats=1, noise=0.3, rounds=1)
+    traces = list(
+        replays(
+            landscape, [cd], 6, starts=starts, concurrency=1, budget_epochs=None, budget_trials=8
+        )
+    )
+    assert [t.trials[0][1] for t in traces] == [starts[r % 3] for r in range(6)]
+    first_moves = set()
+    for trace in traces:  # the coordinate CD probes first: the one its order puts first
+        start, probe = trace.trials[0][1], trace.trials[1][1]
+        first_moves.add(
+            next(i for i, (a, b) in enumerate(zip(start, probe, strict=True)) if a != b)
+        )
+    assert len(first_moves) >= 2  # not always the space's first coordinate
+
+
+def test_held_out_seeds_score_the_recommendation_the_searchers_never_saw() -> None:
+    landscape = Landscape.from_table(quadratic_table(seeds=3, noise=2.0), METADATA)
+    seen, scoring = landscape.held_out(2)
+    assert all(len(c) == 2 for c in seen.curves.values())
+    assert all(len(c) == 1 for c in scoring.curves.values())
+    trace = replay(
+        seen,
+        search_section("random"),
+        replay_index=0,
+        concurrency=1,
+        budget_epochs=None,
+        budget_trials=10,
+        scoring=scoring,
+    )
+    assert trace.final_regret == pytest.approx(scoring.regret(trace.recommended))
+    assert trace.final_regret != pytest.approx(seen.regret(trace.recommended))
+    with pytest.raises(ValueError, match="more than 3 seeds to hold one out"):
+        landscape.held_out(3)
+
+
+def made_up_traces(method: str, reach_at: int, final: float, replays: int = 10) -> list:
+    """``replays`` traces of 40 trials × 3 epochs: regret 5 until trial ``reach_at``, then
+    ``final`` (never within δ = 1 when ``final`` > 1)."""
+    from raycl.bench.replay import Trace
+
+    return [
+        Trace(
+            method,
+            r,
+            epochs=[3 * (i + 1) for i in range(40)],
+            regret=[5.0 if i + 1 < reach_at else final for i in range(40)],
+        )
+        for r in range(replays)
+    ]
+
+
+@pytest.mark.parametrize("cd_wins", [True, False])
+def test_the_verdicts_follow_the_numbers_both_ways(landscape, cd_wins: bool) -> None:
+    from raycl.bench.search import summarise
+
+    cd = made_up_traces("cd", 2, 0.0) if cd_wins else made_up_traces("cd", 30, 2.0)
+    traces = {
+        "cd": cd,
+        "random": made_up_traces("random", 8, 0.5),
+        "asha": made_up_traces("asha", 9, 0.5),
+        "tpe": made_up_traces("tpe", 6, 0.5),
+    }
+    text, _ = summarise(traces, landscape, delta=1.0)
+    verdicts = [line for line in text.splitlines() if line.startswith(("| CD /", "- CD"))]
+    assert len(verdicts) == 3 + 1 + 4  # three cost ratios, the share, 2 × 2 final regrets
+    if cd_wins:
+        assert all("not met" not in line for line in verdicts), verdicts
+    else:
+        assert all("not met" in line for line in verdicts), verdicts

@@ -723,3 +723,21 @@ def test_tuner_with_searcher_finds_optimum(tmp_path: Any) -> None:
     assert best.config["epochs"] == 1
     assert len(results) == cd.num_trials <= 20
     assert cd.best_config == {"loss.tau": 0.125, "train.batch_size": 128}
+
+
+@pytest.mark.parametrize(("noise", "patterns"), [(0.5, False), (0.0, True)])
+def test_only_probes_that_differ_beyond_the_noise_record_a_direction_for_the_pattern(
+    noise: float, patterns: bool
+) -> None:
+    """At a peak where the two probes of each coordinate differ by 0.1: with noise 0.5 that
+    gap says nothing, so no direction is noted and no pattern is tried; with noise 0 the same
+    gaps are directions and a (losing) pattern is tried — the noise gate decides."""
+
+    def peak(config: dict[str, Any]) -> float:
+        u, v = log2s(config, 2)
+        return -abs(u) - abs(v) + 0.05 * (u + v)
+
+    cd = searcher(log2_space([1.0, 1.0]), noise=noise, rounds=1)
+    Driver(cd, peak).run()
+    assert log2s(cd.best_config, 2) == [0.0, 0.0]
+    assert any(e["kind"] == "pattern" for e in cd.path) is patterns

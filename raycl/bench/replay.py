@@ -95,8 +95,52 @@ class Landscape:
 
     @property
     def sigma(self) -> float:
-        """Pooled within-point standard deviation of one run's final metric (seed noise)."""
+        """The gate's σ: the median over lattice points of each point's seed SD (issue 26's
+        rule, fixed before any table was read: a collapsing corner is part of the landscape,
+        not its noise)."""
+        return float(np.median(self.seed_sds))
+
+    @property
+    def pooled_sigma(self) -> float:
+        """Pooled within-point standard deviation of one run's final metric (the earlier
+        gate's σ, which one collapsing corner can set)."""
         return math.sqrt(float(np.mean(self.seed_sds**2)))
+
+    def lattice_index(self, key: PointKey) -> tuple[int, ...]:
+        """The point's position on the lattice: each coordinate's index in its lattice."""
+        return tuple(
+            [c.key(v) for v in c.lattice()].index(value)
+            for c, value in zip(self.space.coordinates, key, strict=True)
+        )
+
+    def starts(self, delta: float, sigma: float) -> list[PointKey]:
+        """The start points replays draw from, fixed by rule before any replay: regret at
+        least 3σ and, in lattice steps, at least 2 from every point within δ of the best
+        along some coordinate (L∞ distance ≥ 2), so no start is next to the optimum region."""
+        near = [self.lattice_index(k) for k in self.curves if self.regret(k) <= delta]
+        return sorted(
+            key
+            for key in self.curves
+            if self.regret(key) >= 3 * sigma
+            and all(
+                max(abs(a - b) for a, b in zip(self.lattice_index(key), n, strict=True)) >= 2
+                for n in near
+            )
+        )
+
+    def held_out(self, observed: int) -> tuple[Landscape, Landscape]:
+        """(what searchers see: each point's first ``observed`` seeds, what scores their
+        recommendations: the remaining seeds), for tables with seeds to spare."""
+        if min(len(c) for c in self.curves.values()) <= observed:
+            raise ValueError(f"every point needs more than {observed} seeds to hold one out")
+        split = [
+            {k: c[:observed] for k, c in self.curves.items()},
+            {k: c[observed:] for k, c in self.curves.items()},
+        ]
+        return tuple(  # type: ignore[return-value]
+            Landscape(self.space, self.metric, self.mode, self.epochs, curves, self.overrides)
+            for curves in split
+        )
 
     def is_local_optimum(self, key: PointKey) -> bool:
         """No point one initial step away along one coordinate has a better table mean."""
@@ -116,33 +160,44 @@ class Landscape:
         """Lattice points with no complete run in the table."""
         return len(self.space.lattice()) - len(self.curves)
 
-    def gate(self, delta: float) -> Gate:
-        """Whether the landscape can decide between search methods (see :class:`Gate`)."""
-        sigma = self.sigma
+    def gate(self, delta: float | None = None, *, pooled: bool = False) -> Gate:
+        """Whether the landscape can decide between search methods (see :class:`Gate`); σ is
+        :attr:`sigma` (or :attr:`pooled_sigma`), δ = σ unless given."""
+        sigma = self.pooled_sigma if pooled else self.sigma
+        delta = sigma if delta is None else delta
         return Gate(
+            sigma_name="pooled seed SD" if pooled else "median point's seed SD",
             sigma=sigma,
             delta=delta,
             start=self.mean(self.start_key),
             best=self.mean(self.best_key),
             start_sigmas=self.regret(self.start_key) / sigma,
             share=self.share_within(delta),
+            starts=len(self.starts(delta, sigma)),
             points=len(self.curves),
             seeds=self.seeds,
             missing=self.missing(),
         )
 
 
+MIN_STARTS = 20  # start points a table must offer (issue 26)
+
+
 @dataclass(frozen=True)
 class Gate:
-    """The landscape decides only if the start is more than 3σ worse than the best point
-    and at most 5 % of the lattice lies within δ of the best (else search is trivial)."""
+    """The landscape decides only if at least :data:`MIN_STARTS` lattice points qualify as
+    starts (:meth:`Landscape.starts`: ≥ 3σ below the best, ≥ 2 lattice steps from the region
+    within δ) and at most 5 % of the lattice lies within δ of the best (else search is
+    trivial). The shipped default start is one more case, not a criterion."""
 
+    sigma_name: str
     sigma: float
     delta: float
     start: float
     best: float
     start_sigmas: float
     share: float
+    starts: int
     points: int
     seeds: int
     missing: int = 0  # lattice points without a complete run (a table still being built)
@@ -150,7 +205,7 @@ class Gate:
     @property
     def passes(self) -> bool:
         """The two criteria hold on the points tabulated so far."""
-        return self.start_sigmas > 3 and self.share <= 0.05
+        return self.starts >= MIN_STARTS and self.share <= 0.05
 
     @property
     def decides(self) -> bool:
@@ -164,10 +219,11 @@ class Gate:
         return "\n".join(
             [
                 f"Gate ({self.points} lattice points × {self.seeds} seeds): {verdict}.",
-                f"- pooled seed SD σ = {self.sigma:.2f} points; δ = {self.delta:.2f}",
-                f"- start {self.start:.2f} vs best {self.best:.2f}: "
-                f"{self.start_sigmas:.1f} σ apart (needs > 3)",
+                f"- σ = {self.sigma_name} = {self.sigma:.2f} points; δ = {self.delta:.2f}",
+                f"- starts (≥ 3σ below the best {self.best:.2f}, ≥ 2 lattice steps from every "
+                f"point within δ): {self.starts} (needs ≥ {MIN_STARTS})",
                 f"- share of the lattice within δ of the best: {self.share:.1%} (needs ≤ 5 %)",
+                f"- the default start {self.start:.2f}: {self.start_sigmas:.1f} σ below the best",
             ]
         )
 
@@ -193,6 +249,11 @@ class Trace:
     @property
     def final_regret(self) -> float:
         return self.regret[-1] if self.regret else math.inf
+
+    def regret_after(self, trials: int) -> float:
+        """The incumbent's regret after ``trials`` finished trials (the last, if the search
+        ended sooner)."""
+        return self.regret[min(trials, len(self.regret)) - 1] if self.regret else math.inf
 
 
 @dataclass
@@ -231,15 +292,29 @@ def replay(
     budget_epochs: int | None,
     budget_trials: int | None,
     crn: bool = False,
+    start: PointKey | None = None,
+    scoring: Landscape | None = None,
 ) -> Trace:
-    """One search of ``search.method`` (a ``search`` config section) on the landscape."""
+    """One search of ``search.method`` (a ``search`` config section) on the landscape.
+
+    ``start``: the search starts there instead of the space's start; CD then also sweeps
+    its coordinates in an order shuffled by the replay's index (the space's order would
+    otherwise favour whichever coordinate comes first). ``scoring``: the landscape whose
+    means score the recommendations (held-out seeds, :meth:`Landscape.held_out`)."""
     from ray.tune.search import ConcurrencyLimiter, Searcher
 
     from raycl.search.methods import build_search
     from raycl.search.searcher import SEED_KEY
     from raycl.search.tuner import best_mean
 
-    plan = build_search(landscape.space, search, replay_index, landscape.epochs)
+    space = landscape.space
+    if start is not None:
+        space = space.starting_at(space.point(start))
+        if search.method == "cd":
+            order = np.random.default_rng(replay_index).permutation(len(space.names))
+            space = space.reordered([space.names[i] for i in order])
+    scoring = scoring or landscape
+    plan = build_search(space, search, replay_index, landscape.epochs)
     searcher = ConcurrencyLimiter(plan.searcher, max_concurrent=concurrency)
     searcher.set_search_properties(landscape.metric, landscape.mode, dict(plan.param_space))
     scheduler = plan.scheduler
@@ -299,7 +374,7 @@ def replay(
                 observed.setdefault(trial.key, []).append(result[landscape.metric])
             incumbent = best_mean(observed, landscape.mode) if observed else None
             trace.epochs.append(spent)
-            trace.regret.append(math.inf if incumbent is None else landscape.regret(incumbent))
+            trace.regret.append(math.inf if incumbent is None else scoring.regret(incumbent))
             trace.recommended = incumbent
             trace.trials.append((trial.order, trial.key, trial.done))
         if budget_epochs is not None and spent >= budget_epochs:
@@ -312,9 +387,13 @@ def replays(
     landscape: Landscape,
     searches: list[Any],
     count: int,
+    starts: list[PointKey] | None = None,
     **options: Any,
 ) -> Iterator[Trace]:
-    """``count`` replays of every search, replay-major (so partial results stay balanced)."""
+    """``count`` replays of every search, replay-major (so partial results stay balanced);
+    replay ``r`` of every method starts at ``starts[r % len(starts)]`` (the space's start
+    without ``starts``)."""
     for index in range(count):
+        start = starts[index % len(starts)] if starts else None
         for search in searches:
-            yield replay(landscape, search, replay_index=index, **options)
+            yield replay(landscape, search, replay_index=index, start=start, **options)

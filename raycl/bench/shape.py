@@ -45,7 +45,7 @@ class Shape:
     curvature: dict[str, float]  # H_ii (exactly 0 within CURVATURE_RTOL)
     coupling: dict[tuple[str, str], float]  # ρ_ij (nan unless H_ii·H_jj > 0)
     r2: float
-    sigma: float  # pooled seed SD (the gate's σ)
+    sigma: float  # pooled seed SD (the earlier gate's σ; the gate's is the median's)
     median_sd: float  # the median point's seed SD
     best_sd: float  # the best point's seed SD
     shares: dict[float, float]  # δ -> share of the lattice within δ of the best
@@ -63,7 +63,7 @@ def landscape_shape(landscape: Landscape, deltas: tuple[float, ...] = (0.5, 1.0)
     steps = np.array([_steps_from_start(landscape, fitted, k) for k in keys])
     curvature, coupling, r2 = _quadratic_fit(steps.reshape(len(keys), len(fitted)), means)
     best = landscape.curves[landscape.best_key][:, -1]
-    sigma = landscape.sigma
+    sigma = landscape.pooled_sigma
     return Shape(
         names=space.names,
         main_effects=main_effects,

@@ -21,6 +21,7 @@ every point coordinate descent can reach (steps of ``min_step``): the grid every
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -260,6 +261,23 @@ class SearchSpace:
     def names(self) -> list[str]:
         """Coordinate names in search order."""
         return [c.name for c in self.coordinates]
+
+    def point(self, key: tuple[float | int, ...]) -> dict[str, Any]:
+        """The point whose :meth:`key` is ``key`` (categorical keys are value indices)."""
+        return {
+            c.name: c.values[k] if c.scale == "categorical" else k
+            for c, k in zip(self.coordinates, key, strict=True)
+        }
+
+    def starting_at(self, point: Mapping[str, Any]) -> SearchSpace:
+        """The same space with its start at ``point`` (a lattice point keeps the lattice)."""
+        return SearchSpace(
+            tuple(dataclasses.replace(c, start=point[c.name]) for c in self.coordinates)
+        )
+
+    def reordered(self, names: list[str]) -> SearchSpace:
+        """The same coordinates in the order ``names`` (coordinate descent's sweep order)."""
+        return SearchSpace(tuple(self[name] for name in names))
 
     def __len__(self) -> int:
         return len(self.coordinates)
