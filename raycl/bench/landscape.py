@@ -96,7 +96,9 @@ def read_rows(output: Path) -> list[dict[str, Any]]:
     return [row for line in partial.read_text().splitlines() for row in json.loads(line)]
 
 
-def write_table(rows: list[dict[str, Any]], output: Path, metadata: dict[str, Any]) -> None:
+def write_table(
+    rows: list[dict[str, Any]] | pd.DataFrame, output: Path, metadata: dict[str, Any]
+) -> None:
     """The Parquet table, written under a temporary name and renamed (never half-written)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
