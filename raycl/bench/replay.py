@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import cached_property
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,16 +50,18 @@ class Landscape:
         """The landscape of a table written by ``raycl bench landscape``."""
         space = SearchSpace.from_dict(metadata["space"])
         metric, epochs = metadata["metric"], int(metadata["epochs"])
+        # one row per (point, seed), one column per epoch; a run missing an epoch is dropped
+        wide = table.pivot_table(
+            index=[*space.names, "seed"], columns="epoch", values=metric, aggfunc="first"
+        ).reindex(columns=range(1, epochs + 1))
+        wide = wide[wide.notna().all(axis=1)]
+        values = wide.to_numpy(float)
+        points = wide.index.droplevel("seed")
         curves: dict[PointKey, np.ndarray] = {}
-        for values, runs in table.groupby(space.names, sort=False):
-            point = dict(zip(space.names, values, strict=True))
-            by_seed = [
-                run.sort_values("epoch")[metric].to_numpy(float)
-                for _, run in runs.groupby("seed", sort=True)
-            ]
-            complete = [c for c in by_seed if len(c) == epochs]
-            if complete:
-                curves[space.key(point)] = np.stack(complete)
+        starts = np.flatnonzero(~points.duplicated()) if len(points) else np.array([], int)
+        for begin, end in zip(starts, [*starts[1:], len(points)], strict=True):
+            point = dict(zip(space.names, points[begin], strict=True))
+            curves[space.key(point)] = values[begin:end]
         return cls(space, metric, metadata["mode"], epochs, curves, metadata.get("overrides", []))
 
     @property
@@ -68,9 +71,13 @@ class Landscape:
 
     def mean(self, key: PointKey) -> float:
         """The point's final-epoch metric, mean over its seeds."""
-        return float(self.curves[key][:, -1].mean())
+        return self._means[key]
 
-    @property
+    @cached_property
+    def _means(self) -> dict[PointKey, float]:
+        return {key: float(curve[:, -1].mean()) for key, curve in self.curves.items()}
+
+    @cached_property
     def best_key(self) -> PointKey:
         return max(self.curves, key=lambda k: self.sign * self.mean(k))
 
@@ -106,27 +113,30 @@ class Landscape:
         gate's σ, which one collapsing corner can set)."""
         return math.sqrt(float(np.mean(self.seed_sds**2)))
 
+    @cached_property
+    def _positions(self) -> list[dict[Any, int]]:
+        """Per coordinate: a lattice key's index in that coordinate's lattice."""
+        return [{c.key(v): i for i, v in enumerate(c.lattice())} for c in self.space.coordinates]
+
     def lattice_index(self, key: PointKey) -> tuple[int, ...]:
         """The point's position on the lattice: each coordinate's index in its lattice."""
-        return tuple(
-            [c.key(v) for v in c.lattice()].index(value)
-            for c, value in zip(self.space.coordinates, key, strict=True)
-        )
+        return tuple(p[value] for p, value in zip(self._positions, key, strict=True))
 
     def starts(self, delta: float, sigma: float) -> list[PointKey]:
         """The start points replays draw from, fixed by rule before any replay: regret at
         least 3σ and, in lattice steps, at least 2 from every point within δ of the best
         along some coordinate (L∞ distance ≥ 2), so no start is next to the optimum region."""
-        near = [self.lattice_index(k) for k in self.curves if self.regret(k) <= delta]
-        return sorted(
-            key
-            for key in self.curves
-            if self.regret(key) >= 3 * sigma
-            and all(
-                max(abs(a - b) for a, b in zip(self.lattice_index(key), n, strict=True)) >= 2
-                for n in near
-            )
-        )
+        from scipy.ndimage import maximum_filter
+
+        keys = list(self.curves)
+        index = np.array([self.lattice_index(k) for k in keys])
+        regret = np.array([self.regret(k) for k in keys])
+        near = np.zeros([len(p) for p in self._positions], dtype=np.uint8)
+        near[tuple(index[regret <= delta].T)] = 1
+        # a cell within one step of a near point along every coordinate (L∞ ≤ 1): a 3^d box
+        close = maximum_filter(near, size=3, mode="constant", cval=0)[tuple(index.T)]
+        chosen = (close == 0) & (regret >= 3 * sigma)
+        return sorted(k for k, ok in zip(keys, chosen, strict=True) if ok)
 
     def held_out(self, observed: int) -> tuple[Landscape, Landscape]:
         """(what searchers see: each point's first ``observed`` seeds, what scores their
