@@ -229,11 +229,11 @@ class Gate:
         return "\n".join(
             [
                 f"Gate ({self.points} lattice points × {self.seeds} seeds): {verdict}.",
-                f"- σ = {self.sigma_name} = {self.sigma:.2f} points; δ = {self.delta:.2f}",
-                f"- starts (≥ 3σ below the best {self.best:.2f}, ≥ 2 lattice steps from every "
-                f"point within δ): {self.starts} (needs ≥ {MIN_STARTS})",
+                f"- σ = {self.sigma_name} = {self.sigma:.3g}; δ = {self.delta:.3g}",
+                f"- starts (≥ 3σ worse than the best, {self.best:.4g}, and ≥ 2 lattice steps "
+                f"from every point within δ): {self.starts} (needs ≥ {MIN_STARTS})",
                 f"- share of the lattice within δ of the best: {self.share:.1%} (needs ≤ 5 %)",
-                f"- the default start {self.start:.2f}: {self.start_sigmas:.1f} σ below the best",
+                f"- the default start, {self.start:.4g}: {self.start_sigmas:.1f} σ from the best",
             ]
         )
 
