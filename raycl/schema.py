@@ -136,6 +136,8 @@ class SearchConfig:
     repeats: int = 1  # seeds per point (every method; the searcher sees their mean)
     noise: float | None = None  # coordinate descent: re-measure wins smaller than this
     rounds: int | None = None  # coordinate descent: restarted descents (None: until the budget)
+    restart: str = "kick"  # coordinate descent: a round starts from the kicked best point or
+    # from the incumbent re-measured on more seeds ("incumbent": CD before issue 26)
     grace_period: int = 1  # ASHA: epochs before the first cut
     reduction_factor: int = 3  # ASHA
     cpus_per_trial: float = 1.0

@@ -596,10 +596,12 @@ def test_bad_noise_is_one_line() -> None:
 
 
 # -- restart rounds ------------------------------------------------------------------------------
+# The tests that run more than one round with restart="incumbent" were written for CD before
+# issue 26 and still pass unchanged: the named old variant makes today's decisions.
 
 
 def test_a_second_round_re_decides_on_means_what_one_lucky_trial_decided() -> None:
-    cd = searcher(log2_space([1.0], min_step=1.0), noise=0.0, rounds=2)
+    cd = searcher(log2_space([1.0], min_step=1.0), noise=0.0, rounds=2, restart="incumbent")
     driver = Driver(cd, lucky).run()
     # round 1 is plain coordinate descent and follows the lucky trial to c0 = 2
     first = [e for e in cd.path if e["round"] == 1]
@@ -619,7 +621,7 @@ def test_rounds_until_the_budget_spend_every_trial_and_keep_the_optimum() -> Non
     noise, no move is confirmed or accepted, and the budget is spent on more seeds."""
     plain = Driver(searcher(log2_space([1.0, 1.0]), rounds=1), log2_quadratic([2.0, -1.0])).run()
     assert len(plain.suggested) < 30
-    cd = searcher(log2_space([1.0, 1.0]), rounds=None, max_trials=60)
+    cd = searcher(log2_space([1.0, 1.0]), rounds=None, max_trials=60, restart="incumbent")
     driver = Driver(cd, log2_quadratic([2.0, -1.0])).run()
     assert len(driver.suggested) == 60
     assert log2s(cd.best_config, 2) == pytest.approx([2.0, -1.0])
@@ -636,7 +638,9 @@ def test_rounds_until_the_budget_spend_every_trial_and_keep_the_optimum() -> Non
 
 
 def test_the_noise_threshold_shrinks_with_the_measurements_of_a_round() -> None:
-    cd = searcher(log2_space([1.0]), noise=0.6, repeats=2, rounds=None, max_trials=40)
+    cd = searcher(
+        log2_space([1.0]), noise=0.6, repeats=2, rounds=None, max_trials=40, restart="incumbent"
+    )
     assert cd._noise_level() == pytest.approx(0.6 / math.sqrt(2))
     Driver(cd, log2_quadratic([0.0])).run()
     assert cd._state.round >= 2
@@ -646,7 +650,7 @@ def test_the_noise_threshold_shrinks_with_the_measurements_of_a_round() -> None:
 @pytest.mark.parametrize("interrupt_after", [14, 22, 31, 45])
 def test_save_restore_in_a_later_round(tmp_path: Any, interrupt_after: int) -> None:
     def make() -> CoordinateDescentSearcher:
-        cd = searcher(log2_space([1.0, 1.0], min_step=0.5), rounds=3)
+        cd = searcher(log2_space([1.0, 1.0], min_step=0.5), rounds=3, restart="incumbent")
         cd.set_max_concurrency(2)
         return cd
 
@@ -659,7 +663,7 @@ def test_later_rounds_do_not_retry_a_point_that_errored() -> None:
     space = SearchSpace.from_dict(
         {"batch": {"scale": "categorical", "values": [4096, 128, 256], "start": 128}}
     )
-    cd = searcher(space, rounds=None, max_trials=12)
+    cd = searcher(space, rounds=None, max_trials=12, restart="incumbent")
     driver = Driver(cd, lambda c: None if c["batch"] == 4096 else -abs(c["batch"] - 128)).run()
     assert len(driver.suggested) == 12
     assert [c[SEED_KEY] for c in driver.suggested if c["batch"] == 4096] == [0]
@@ -680,6 +684,45 @@ def test_a_search_whose_every_trial_errors_ends() -> None:
 def test_bad_rounds_is_one_line() -> None:
     with pytest.raises(ValueError, match="rounds must be >= 1 or None"):
         searcher(log2_space([1.0]), rounds=0)
+    with pytest.raises(ValueError, match=r"restart must be one of \['kick', 'incumbent'\]"):
+        searcher(log2_space([1.0]), restart="random")
+
+
+def two_peaks(config: dict[str, Any]) -> float:
+    """A low peak (1) one step from the start (u, v) = (0, 0) at (1, 0); the high one (3) at
+    (-3, 3), across a valley no one-coordinate step from the low peak crosses."""
+    u, v = log2s(config, 2)
+    return max(1 - (u - 1) ** 2 - v**2, 3 - 0.5 * ((u + 3) ** 2 + (v - 3) ** 2))
+
+
+def test_kicked_restarts_leave_a_local_optimum_where_incumbent_rounds_stay() -> None:
+    def run(restart: str) -> CoordinateDescentSearcher:
+        cd = searcher(
+            log2_space([1.0, 1.0], min_step=1.0), rounds=None, max_trials=80, restart=restart
+        )
+        Driver(cd, two_peaks).run()
+        return cd
+
+    stays, leaves = run("incumbent"), run("kick")
+    assert log2s(stays.best_config, 2) == [1.0, 0.0]  # the low peak, re-measured every round
+    assert log2s(leaves.best_config, 2) == [-3.0, 3.0]
+    kicks = [e for e in leaves.path if e["kind"] == "restart"]
+    assert len(kicks) >= 2 and all(e["measurements"] == 1 for e in leaves.path)
+    for kick in kicks:  # two initial steps along both coordinates, from the best point so far
+        steps = [abs(a - b) for a, b in zip(log2s(kick["config"], 2), [1.0, 0.0], strict=True)]
+        assert steps == [2.0, 2.0] or log2s(kick["config"], 2)[0] <= -1
+
+
+@pytest.mark.parametrize("interrupt_after", [12, 25, 40])
+def test_save_restore_in_a_kicked_round(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        cd = searcher(log2_space([1.0, 1.0], min_step=1.0), rounds=None, max_trials=50)
+        cd.set_max_concurrency(2)
+        return cd
+
+    noisy = memoised_noise(two_peaks, sd=0.2, seed=3)
+    reference = assert_restored_search_continues(make, noisy, interrupt_after, tmp_path)
+    assert max(e["round"] for e in reference.searcher.path) >= 3
 
 
 # -- on a real Ray cluster ----------------------------------------------------------------------

@@ -33,7 +33,12 @@ from ray.tune.search import Repeater, Searcher
 from ray.tune.search.repeater import TRIAL_INDEX
 
 from raycl.config import SEARCH_MARKER
-from raycl.search.searcher import SEED_KEY, CoordinateDescentSearcher, defines_search_space
+from raycl.search.searcher import (
+    RESTARTS,
+    SEED_KEY,
+    CoordinateDescentSearcher,
+    defines_search_space,
+)
 from raycl.search.space import SearchSpace
 
 
@@ -171,6 +176,7 @@ def _cd(space: SearchSpace, search: Any, seed: int, epochs: int) -> SearchPlan:
         repeats=search.repeats,
         noise=search.noise,
         rounds=search.rounds,
+        restart=search.restart,
         max_trials=search.budget_trials,
         seed=seed,
     )
@@ -218,6 +224,7 @@ def check_search(search: Mapping[str, Any] | Any) -> None:
         ("search.eps", search.eps >= 0, "must be >= 0"),
         ("search.noise", search.noise is None or search.noise >= 0, "must be >= 0 or null"),
         ("search.rounds", search.rounds is None or search.rounds >= 1, "must be >= 1 or null"),
+        ("search.restart", search.restart in RESTARTS, f"must be one of {list(RESTARTS)}"),
         ("search.max_concurrent_trials", search.max_concurrent_trials >= 1, "must be >= 1"),
         ("search.grace_period", search.grace_period >= 1, "must be >= 1"),
         ("search.reduction_factor", search.reduction_factor >= 2, "must be >= 2"),

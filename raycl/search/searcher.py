@@ -28,16 +28,17 @@ Four additions to plain coordinate descent make it hold up on real, noisy landsc
 * **No idle slots**. With ``k`` concurrent trials (Tune tells the searcher through
   ``set_max_concurrency``), an extension hands out ``x + step, …, x + k·step`` together; they
   are then judged in order, and the walk stops at the first that does not improve.
-* **Restart rounds** (retrospective approximation: Chen & Schmeiser 2001, Pasupathy 2010 —
-  a sequence of sample-path problems of growing sample size, each started from the previous
-  one's solution). Where round 1 would finish, round 2 starts the descent again from the
-  incumbent with the initial steps, and every point it compares (the incumbent first) is
-  measured ``2·repeats`` times, round ``r`` ``r·repeats`` times; a point already measured
-  only needs its missing seeds, and one whose trial errored gets none. So the budget a
-  converged search would leave unused is spent re-deciding, on means of more seeds, the
-  comparisons that single noisy trials decided, and probing again at the initial steps from
-  where round 1 ended. ``rounds`` caps the rounds (1: plain coordinate descent, None: until
-  ``max_trials`` or Tune stops; a search whose every trial errored ends anyway).
+* **Restart rounds**. Where round 1 would finish, the budget it would leave unused starts
+  another descent at the initial steps, ``rounds`` times (None: until ``max_trials`` or Tune
+  stops; a search whose every trial errored ends anyway). With ``restart="kick"`` (the
+  default; iterated local search, Lourenço, Martin & Stützle 2003) a round starts from the
+  best point so far moved ±2 initial steps along half the coordinates (drawn from the seed and
+  the round, on a point not measured yet), so a descent that converged on a local optimum
+  next to the start gets out of its basin; a round that needs no new trial ends the search.
+  With ``restart="incumbent"`` (CD before issue 26; retrospective approximation: Chen &
+  Schmeiser 2001, Pasupathy 2010) round ``r`` re-descends from the incumbent with every point
+  it compares measured ``r·repeats`` times, re-deciding on means of more seeds what single
+  noisy trials decided — and confirming, by design, the optimum it started in.
 
 Each point is evaluated with ``repeats`` seeds (config key ``seed`` = ``seed``, ``seed + 1``,
 …; a confirmation or a later round adds the next seeds) and scored by the mean of its
@@ -58,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import random
 import statistics
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -73,6 +75,7 @@ from raycl.search.space import Coordinate, SearchSpace, as_search_space
 SEED_KEY = "seed"
 
 Phase = Literal["start", "probe", "extend", "pattern", "confirm", "finished"]
+RESTARTS = ("kick", "incumbent")
 Verdict = Literal["accept", "confirm", "reject"]
 PointKey = tuple[float | int, ...]
 Move = dict[str, float]  # a displacement in each coordinate's unit
@@ -98,6 +101,7 @@ class _State:
     batch: list[_Candidate] = field(default_factory=list)
     phase: Phase = "start"
     round: int = 1
+    round_trials: int = 0  # trials suggested before this round began
     coord_index: int = 0
     sweep_start: dict[str, Any] = field(default_factory=dict)
     moved_in_sweep: bool = False
@@ -129,8 +133,12 @@ class CoordinateDescentSearcher(Searcher):
             improves by no more than ``noise / √n`` (n: measurements a point has in this
             round) is re-measured before it is accepted. None estimates it from the points
             measured more than once (none in round 1 when ``repeats`` is 1).
-        rounds: descents, each restarted from the previous one's incumbent with one more
-            ``repeats`` per point; None: until ``max_trials`` (or Tune) stops the search.
+        rounds: descents; None: until ``max_trials`` (or Tune) stops the search.
+        restart: where a new round's descent starts: ``"kick"`` (iterated local search: the
+            best point so far moved two initial steps along half the coordinates, drawn
+            from ``seed`` and the round; points keep ``repeats`` measurements) or
+            ``"incumbent"`` (the earlier CD: the incumbent, with one more ``repeats`` per
+            point each round).
         max_trials: stop suggesting after this many trials.
         seed: the first seed.
         constants: fixed config entries added to every suggestion.
@@ -145,6 +153,7 @@ class CoordinateDescentSearcher(Searcher):
         repeats: int = 1,
         noise: float | None = None,
         rounds: int | None = 1,
+        restart: str = "kick",
         max_trials: int | None = None,
         seed: int = 0,
         constants: Mapping[str, Any] | None = None,
@@ -158,6 +167,8 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"noise must be >= 0 or None (got {noise})")
         if rounds is not None and rounds < 1:
             raise ValueError(f"rounds must be >= 1 or None (got {rounds})")
+        if restart not in RESTARTS:
+            raise ValueError(f"restart must be one of {list(RESTARTS)} (got {restart!r})")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1 or None (got {max_trials})")
         self._space = as_search_space(space)
@@ -169,6 +180,7 @@ class CoordinateDescentSearcher(Searcher):
         self._repeats = repeats
         self._noise = noise
         self._rounds = rounds
+        self._restart_from = restart
         self._max_trials = max_trials
         self._seed = seed
         self._slots = 1  # concurrent trials; Tune sets it through set_max_concurrency
@@ -297,7 +309,7 @@ class CoordinateDescentSearcher(Searcher):
 
     def _per_point(self) -> int:
         """Measurements every point compared in this round needs."""
-        return self._repeats * self._state.round
+        return self._repeats * (self._state.round if self._restart_from == "incumbent" else 1)
 
     def _candidate(self, point: dict[str, Any], kind: str = "start", move: Move | None = None):
         key = self._space.key(point)
@@ -552,7 +564,9 @@ class CoordinateDescentSearcher(Searcher):
             refined = {c.name: c.refine(state.steps[c.name]) for c in self._space}
             if refined == state.steps:
                 last = self._rounds is not None and state.round >= self._rounds
-                if last or state.best_score == -math.inf:  # nothing measurable to restart from
+                # a kicked round that needed no new trial: its region is known, stop
+                stale = self._restart_from == "kick" and self._num_trials == state.round_trials
+                if last or stale or state.best_score == -math.inf:  # nothing measurable
                     state.phase, state.batch = "finished", []
                 else:
                     self._restart()
@@ -569,13 +583,42 @@ class CoordinateDescentSearcher(Searcher):
         state.probe_directions = {}
 
     def _restart(self) -> None:
-        """The next round: the incumbent measured again, then a descent from it at the initial
-        steps, every compared point with ``round · repeats`` measurements."""
+        """The next round, a descent at the initial steps from the kicked best point so far
+        (``restart="kick"``), or from the incumbent measured again with every compared point
+        at ``round · repeats`` measurements (``"incumbent"``)."""
         state = self._state
         state.round += 1
+        state.round_trials = self._num_trials
         state.steps = self._space.initial_steps()
+        if self._restart_from == "kick":
+            state.center = self._kicked(self._best_point())
         self._reset_sweep(last_sweep_moved=False)
         state.phase, state.batch = "start", [self._candidate(state.center, "restart")]
+
+    def _best_point(self) -> dict[str, Any]:
+        """The measured point with the best mean so far (errored points never)."""
+        measured = [k for k, v in self._measurements.items() if v and None not in v.values()]
+        return self._space.point(max(measured, key=self._score))
+
+    def _kicked(self, point: dict[str, Any]) -> dict[str, Any]:
+        """``point`` moved by ±2 initial steps along half its coordinates (at least two, or
+        every one of a smaller space), drawn from the seed and the round; clipped at the
+        bounds, and drawn again while it lands on a point already measured (after 100 draws,
+        any point the kick changes)."""
+        names = self._space.names
+        count = min(len(names), max(2, math.ceil(len(names) / 2)))
+        changed = point
+        for attempt in range(100):
+            draw = random.Random(f"{self._seed}/{self._state.round}/{attempt}")
+            kicked = dict(point)
+            for name in draw.sample(names, count):
+                kicked = self._space.move(kicked, name, draw.choice((-2, 2))) or kicked
+            key = self._space.key(kicked)
+            if key not in self._measurements:
+                return kicked
+            if key != self._space.key(point):
+                changed = kicked
+        return changed
 
 
 # -- the saved state as JSON ---------------------------------------------------------------------
