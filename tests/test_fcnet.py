@@ -46,6 +46,8 @@ def test_a_table_in_the_packages_format_becomes_a_complete_landscape() -> None:
     assert best == {name: values[0] for name, values in TINY.items()}
     assert landscape.mean(landscape.best_key) == pytest.approx(0.015)
     assert landscape.space.point(landscape.start_key) == START
+    assert landscape.is_local_optimum(landscape.best_key)  # categorical keys are indices
+    assert not landscape.is_local_optimum(landscape.start_key)
     assert landscape.regret(landscape.start_key) == pytest.approx(4.0)  # four 1-digits
     search = SearchConfig(method="random", metric=METRIC, mode="min")
     trace = replay(

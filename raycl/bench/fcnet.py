@@ -91,7 +91,7 @@ def load(name: str) -> tuple[pd.DataFrame, dict[str, Any]]:
     # every seed of every configuration: the package's public call returns one random seed
     dataset = bench._dataset
     metadata = {
-        "overrides": [f"fcnet:{name}"],
+        "overrides": [],  # no raycl config: the searchers use the search defaults
         "space": fcnet_space(HPOLib.search_space),
         "metric": METRIC,
         "mode": "min",

@@ -154,7 +154,7 @@ class Landscape:
 
     def is_local_optimum(self, key: PointKey) -> bool:
         """No point one initial step away along one coordinate has a better table mean."""
-        point = dict(zip(self.space.names, key, strict=True))
+        point = self.space.point(key)
         moved = (self.space.move(point, name, k) for name in self.space.names for k in (1, -1))
         return all(
             self.sign * self.mean(self.space.key(neighbour)) <= self.sign * self.mean(key)

@@ -108,7 +108,7 @@ def _quadratic_fit(
 
 def _steps_from_start(landscape: Landscape, names: list[str], key: tuple) -> list[float]:
     """Where the point ``key`` lies along ``names``, in initial steps from the start."""
-    point = dict(zip(landscape.space.names, key, strict=True))
+    point = landscape.space.point(key)
     coordinates = [landscape.space[n] for n in names]
     return [(c.to_unit(point[c.name]) - c.to_unit(c.start)) / c.step for c in coordinates]
 
