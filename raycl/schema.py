@@ -138,6 +138,7 @@ class SearchConfig:
     rounds: int | None = None  # coordinate descent: restarted descents (None: until the budget)
     restart: str = "kick"  # coordinate descent: a round starts from the kicked best point or
     # from the incumbent re-measured on more seeds ("incumbent": CD before issue 26)
+    warmup: int = 0  # coordinate descent: random lattice points tried with the start first
     grace_period: int = 1  # ASHA: epochs before the first cut
     reduction_factor: int = 3  # ASHA
     cpus_per_trial: float = 1.0

@@ -784,3 +784,34 @@ def test_only_probes_that_differ_beyond_the_noise_record_a_direction_for_the_pat
     Driver(cd, peak).run()
     assert log2s(cd.best_config, 2) == [0.0, 0.0]
     assert any(e["kind"] == "pattern" for e in cd.path) is patterns
+
+
+def test_a_warm_up_tries_random_lattice_points_and_descends_from_the_best() -> None:
+    cd = searcher(log2_space([1.0, 1.0], min_step=1.0), warmup=6, rounds=1)
+    cd.set_max_concurrency(7)
+    first = [cd.suggest(f"t{i}") for i in range(7)]  # the start and six points, all at once
+    assert first[0] == {"c0": 1.0, "c1": 1.0, SEED_KEY: 0}
+    assert len({(c["c0"], c["c1"]) for c in first}) == 7 and cd.suggest("t7") is None
+    for i, config in enumerate(first):
+        cd.on_trial_complete(f"t{i}", {METRIC: two_peaks(config)})
+    warm = [e for e in cd.path if e["kind"] == "warmup"]
+    best = max(first, key=two_peaks)
+    assert len(cd.path) >= 6 and all(not e["accepted"] for e in warm if e["config"] != best)
+    assert cd._state.center == {"c0": best["c0"], "c1": best["c1"]}
+    again = searcher(log2_space([1.0, 1.0], min_step=1.0), warmup=6, rounds=1)
+    again.set_max_concurrency(7)
+    assert [again.suggest(f"t{i}") for i in range(7)] == first  # drawn from the seed
+    with pytest.raises(ValueError, match="warmup must be >= 0"):
+        searcher(log2_space([1.0]), warmup=-1)
+
+
+@pytest.mark.parametrize("interrupt_after", [3, 9])
+def test_save_restore_in_the_warm_up(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        cd = searcher(log2_space([1.0, 1.0], min_step=1.0), warmup=5, rounds=None, max_trials=30)
+        cd.set_max_concurrency(2)
+        return cd
+
+    assert_restored_search_continues(
+        make, memoised_noise(two_peaks, 0.2, 4), interrupt_after, tmp_path
+    )

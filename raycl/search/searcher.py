@@ -74,7 +74,7 @@ from raycl.search.space import Coordinate, SearchSpace, as_search_space
 
 SEED_KEY = "seed"
 
-Phase = Literal["start", "probe", "extend", "pattern", "confirm", "finished"]
+Phase = Literal["warmup", "start", "probe", "extend", "pattern", "confirm", "finished"]
 RESTARTS = ("kick", "incumbent")
 Verdict = Literal["accept", "confirm", "reject"]
 PointKey = tuple[float | int, ...]
@@ -87,7 +87,7 @@ class _Candidate:
 
     point: dict[str, Any]
     key: PointKey
-    kind: str = "start"  # start | restart | probe | extend | pattern
+    kind: str = "start"  # warmup | start | restart | probe | extend | pattern
     move: Move = field(default_factory=dict)
     cached: bool = False  # evaluated before this move asked for it
 
@@ -139,6 +139,8 @@ class CoordinateDescentSearcher(Searcher):
             from ``seed`` and the round; points keep ``repeats`` measurements) or
             ``"incumbent"`` (the earlier CD: the incumbent, with one more ``repeats`` per
             point each round).
+        warmup: lattice points drawn at random (seeded) and evaluated with the start before
+            the first descent, which starts from the best of them (0: from the start).
         max_trials: stop suggesting after this many trials.
         seed: the first seed.
         constants: fixed config entries added to every suggestion.
@@ -154,6 +156,7 @@ class CoordinateDescentSearcher(Searcher):
         noise: float | None = None,
         rounds: int | None = 1,
         restart: str = "kick",
+        warmup: int = 0,
         max_trials: int | None = None,
         seed: int = 0,
         constants: Mapping[str, Any] | None = None,
@@ -169,6 +172,8 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"rounds must be >= 1 or None (got {rounds})")
         if restart not in RESTARTS:
             raise ValueError(f"restart must be one of {list(RESTARTS)} (got {restart!r})")
+        if warmup < 0:
+            raise ValueError(f"warmup must be >= 0 (got {warmup})")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1 or None (got {max_trials})")
         self._space = as_search_space(space)
@@ -196,6 +201,10 @@ class CoordinateDescentSearcher(Searcher):
             center=start, steps=self._space.initial_steps(), sweep_start=dict(start)
         )
         self._state.batch = [self._candidate(start)]
+        if warmup:
+            drawn = self._space_filling(start, warmup)
+            self._state.phase = "warmup"
+            self._state.batch += [self._candidate(p, "warmup") for p in drawn]
 
     # -- public read-only view ----------------------------------------------------------------
 
@@ -396,7 +405,14 @@ class CoordinateDescentSearcher(Searcher):
         """Decide every phase whose points are all evaluated (cached ones need no trial)."""
         state = self._state
         while state.phase != "finished" and all(self._evaluated(c.key) for c in state.batch):
-            if state.phase == "start":
+            if state.phase == "warmup":  # descend from the best of the warm-up points
+                best = max(state.batch, key=lambda c: self._score(c.key))  # ties: the start
+                for candidate in state.batch:
+                    if candidate is not best:
+                        self._record(candidate, accepted=False)
+                state.center, state.sweep_start = dict(best.point), dict(best.point)
+                state.phase, state.batch = "start", [best]
+            elif state.phase == "start":
                 start = state.batch[0]
                 state.best_score, state.best_metric = self._score(start.key), self._mean(start.key)
                 self._record(start, accepted=True)
@@ -594,6 +610,21 @@ class CoordinateDescentSearcher(Searcher):
             state.center = self._kicked(self._best_point())
         self._reset_sweep(last_sweep_moved=False)
         state.phase, state.batch = "start", [self._candidate(state.center, "restart")]
+
+    def _space_filling(self, start: dict[str, Any], count: int) -> list[dict[str, Any]]:
+        """``count`` distinct lattice points other than ``start``, each coordinate drawn
+        uniformly from its lattice (seeded; fewer when the lattice is smaller)."""
+        draw = random.Random(f"{self._seed}/warmup")
+        lattices = {c.name: c.lattice() for c in self._space}
+        seen, points = {self._space.key(start)}, []
+        for _ in range(100 * count):
+            if len(points) == count:
+                break
+            point = {name: draw.choice(values) for name, values in lattices.items()}
+            if (key := self._space.key(point)) not in seen:
+                seen.add(key)
+                points.append(point)
+        return points
 
     def _best_point(self) -> dict[str, Any]:
         """The measured point with the best mean so far (errored points never)."""
