@@ -90,10 +90,14 @@ def rows_of(run: dict[str, Any], code: str) -> list[dict[str, Any]]:
 
 def read_rows(output: Path) -> list[dict[str, Any]]:
     """Rows of the runs finished so far (the JSON lines beside ``output``)."""
-    partial = _partial(output)
-    if not partial.exists():
+    return rows_in(_partial(output))
+
+
+def rows_in(runs: Path) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file of runs (one run's rows a line); none if it is absent."""
+    if not runs.exists():
         return []
-    return [row for line in partial.read_text().splitlines() for row in json.loads(line)]
+    return [row for line in runs.read_text().splitlines() for row in json.loads(line)]
 
 
 def write_table(
@@ -164,10 +168,8 @@ def run(args: argparse.Namespace) -> Path:
     if not args.resume:
         _partial(output).unlink(missing_ok=True)
     rows = read_rows(output)
-    done = {(json.dumps(_point_of(row, metadata), sort_keys=True), row["seed"]) for row in rows}
-    todo = [
-        (p, s) for p, s in jobs(cfg, args.seeds) if (json.dumps(p, sort_keys=True), s) not in done
-    ]
+    done = {(_point_id(_point_of(row, metadata)), row["seed"]) for row in rows}
+    todo = [(p, s) for p, s in jobs(cfg, args.seeds) if (_point_id(p), s) not in done]
     code = code_version()
     print(
         f"landscape: {len(done)} runs done ({runs_by_code(pd.DataFrame(rows), metadata)}), "
@@ -248,25 +250,30 @@ def recheck(args: argparse.Namespace) -> bool:
     metadata = _metadata(args, cfg)
     rows = pd.DataFrame(read_rows(output))
     landscape = Landscape.from_table(rows, metadata)
-    seed0 = rows[(rows["seed"] == cfg.seed) & (rows["epoch"] == cfg.epochs)]
-    points = [_point_of(row, metadata) for row in seed0.to_dict("records")]
+    metric = cfg.search.metric
+
+    def finals(runs: list[dict[str, Any]]) -> dict[str, float]:
+        """Each run's final metric by its point's id."""
+        return {
+            _point_id(_point_of(r, metadata)): r[metric] for r in runs if r["epoch"] == cfg.epochs
+        }
+
+    first = [r for r in rows.to_dict("records") if r["seed"] == cfg.seed]
+    table = finals(first)
+    points = [_point_of(r, metadata) for r in first if r["epoch"] == cfg.epochs]
     drawn = np.random.default_rng(args.recheck_seed).choice(
         len(points), size=args.recheck, replace=False
     )
     chosen = [points[i] for i in sorted(drawn)]
     again_path = output.with_name(output.name + ".recheck.jsonl")
-    again = [r for line in _lines(again_path) for r in json.loads(line)]
-    done = {json.dumps(_point_of(r, metadata), sort_keys=True) for r in again}
-    todo = [(p, cfg.seed) for p in chosen if json.dumps(p, sort_keys=True) not in done]
+    again = rows_in(again_path)
+    done = {_point_id(_point_of(r, metadata)) for r in again}
+    todo = [(p, cfg.seed) for p in chosen if _point_id(p) not in done]
     code = code_version()
     print(f"recheck: {len(chosen) - len(todo)} of {len(chosen)} reruns done; code {code}")
     again += train_runs(training_config(cfg), todo, again_path, args, code)
-    final = {
-        json.dumps(_point_of(r, metadata), sort_keys=True): r[cfg.search.metric]
-        for r in again
-        if r["epoch"] == cfg.epochs
-    }
-    sigma = float(np.median(landscape.seed_sds))
+    final = finals(again)
+    sigma = landscape.sigma  # the median point's seed SD
     print(
         f"σ = {sigma:.2f} (median seed SD over {len(landscape.seed_sds)} points); 2σ = "
         f"{2 * sigma:.2f}\n"
@@ -274,8 +281,7 @@ def recheck(args: argparse.Namespace) -> bool:
     print(f"| point | table (seed {cfg.seed}) | rerun | Δ | within 2σ |\n|---|---|---|---|---|")
     within = []
     for point in chosen:
-        old = float(seed0.loc[_matches(seed0, point), cfg.search.metric].iloc[0])
-        new = final[json.dumps(point, sort_keys=True)]
+        old, new = table[_point_id(point)], final[_point_id(point)]
         within.append(abs(new - old) <= 2 * sigma)
         shown = ", ".join(f"{k.split('.')[-1]} {v:g}" for k, v in point.items())
         print(
@@ -290,17 +296,6 @@ def recheck(args: argparse.Namespace) -> bool:
     return keep
 
 
-def _matches(frame: pd.DataFrame, point: dict[str, Any]) -> pd.Series:
-    mask = pd.Series(True, index=frame.index)
-    for name, value in point.items():
-        mask &= frame[name] == value
-    return mask
-
-
-def _lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
-
-
 class _Trainer:
     """A Ray actor that trains one landscape run after another in its own process."""
 
@@ -310,6 +305,11 @@ class _Trainer:
 
 def _point_of(row: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
     return {name: row[name] for name in metadata["space"]}
+
+
+def _point_id(point: dict[str, Any]) -> str:
+    """A point as a hashable, order-free id (its sorted JSON)."""
+    return json.dumps(point, sort_keys=True)
 
 
 def _argv(args: argparse.Namespace) -> Iterable[str]:
