@@ -69,7 +69,7 @@ def stop_orphaned_clusters() -> int:
             continue
         mark = OWNER_VARIABLE.encode() + b"="
         owner = next((v[len(mark) :] for v in environment if v.startswith(mark)), None)
-        if owner is None or not owner.isdigit() or _alive(int(owner)):
+        if owner is None or not owner.isdigit() or process_alive(int(owner)):
             continue
         try:
             os.kill(int(entry.name), signal.SIGKILL)
@@ -86,7 +86,8 @@ def stop_orphaned_clusters() -> int:
     return stopped
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -25,7 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from raycl.checkpoint import HISTORY_FILE, good_checkpoint, run_checkpoints, run_record
+from raycl.checkpoint import good_checkpoint, run_checkpoints, run_record
+from raycl.cluster import process_alive
 from raycl.config import flat_config, redacted, storage_path, to_yaml
 from raycl.errors import ConfigError
 from raycl.schema import TrainConfig
@@ -62,11 +63,8 @@ class RunLock:
             return self
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise ConfigError(
-                f"storage_path={self.storage}: cannot write there ({err.strerror or err}); "
-                "choose a directory you can write"
-            ) from None
+        except OSError as err:  # apart: a FileExistsError here is no lock
+            raise self._unwritable(err) from None
         try:
             self._create()
         except FileExistsError:
@@ -80,11 +78,14 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self._create()
         except OSError as err:
-            raise ConfigError(
-                f"storage_path={self.storage}: cannot write there ({err.strerror or err}); "
-                "choose a directory you can write"
-            ) from None
+            raise self._unwritable(err) from None
         return self
+
+    def _unwritable(self, err: OSError) -> ConfigError:
+        return ConfigError(
+            f"storage_path={self.storage}: cannot write there ({err.strerror or err}); "
+            "choose a directory you can write"
+        )
 
     def __exit__(self, *exc: object) -> None:
         if self.path is not None and self._holder() == self._me:
@@ -110,15 +111,7 @@ class RunLock:
 
 def _is_stale(holder: dict[str, Any]) -> bool:
     """Whether a lock's process is gone (decidable on this host only)."""
-    if holder["host"] != socket.gethostname():
-        return False
-    try:
-        os.kill(int(holder["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return holder["host"] == socket.gethostname() and not process_alive(int(holder["pid"]))
 
 
 def check_resume(cfg: TrainConfig) -> None:
@@ -231,11 +224,10 @@ def resume_point(cfg: TrainConfig) -> Path | None:
     return found[-1] if found else None
 
 
-def resume_line(cfg: TrainConfig, checkpoint: Path) -> str:
-    """What a rerun says before it trains: the epoch it continues after, the checkpoint, and
-    what extending a finished run does to the learning-rate schedule."""
-    saved = json.loads((checkpoint / HISTORY_FILE).read_text())
-    done = len(saved["history"])
+def resume_line(cfg: TrainConfig, checkpoint: Path, done: int) -> str:
+    """What a rerun says before it trains: the epoch it continues after (``done`` epochs
+    trained), the checkpoint, and what extending a finished run does to the learning-rate
+    schedule."""
     line = f"raycl: resumed from epoch {done} (checkpoint {checkpoint})"
     planned = run_record(checkpoint)["config"]["epochs"]
     if planned != cfg.epochs and done < cfg.epochs:

@@ -248,8 +248,9 @@ def train(cfg: TrainConfig, callbacks: list | None = None) -> TrainOutcome:
         repair_checkpoints(cfg)
         resumed = resume_point(cfg)
         if resumed is not None:
-            print(resume_line(cfg, resumed), flush=True)
-            if len(_saved_history(str(resumed))["history"]) >= cfg.epochs:
+            done = len(_saved_history(str(resumed))["history"])
+            print(resume_line(cfg, resumed, done), flush=True)
+            if done >= cfg.epochs:
                 return _outcome(run_directory(cfg), str(resumed))
         return _train(cfg, callbacks or [])
 
