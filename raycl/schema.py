@@ -138,7 +138,9 @@ class SearchConfig:
     rounds: int | None = None  # coordinate descent: restarted descents (None: until the budget)
     restart: str = "kick"  # coordinate descent: a round starts from the kicked best point or
     # from the incumbent re-measured on more seeds ("incumbent": CD before issue 26)
-    warmup: int = 0  # coordinate descent: random lattice points tried with the start first
+    warmup: int | None = None  # coordinate descent: lattice points spread over the space and
+    # tried with the start first (None: 2·d + 1 for d coordinates; 0: none)
+    fill: bool = False  # coordinate descent: a slot the descent leaves idle trains a spread point
     grace_period: int = 1  # ASHA: epochs before the first cut
     reduction_factor: int = 3  # ASHA
     cpus_per_trial: float = 1.0

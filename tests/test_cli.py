@@ -36,7 +36,11 @@ def test_building_the_parser_imports_no_torch_ray_pandas_or_benchmark():
 
 @pytest.mark.parametrize("name", list(BENCHES))
 def test_a_parsed_bench_runs_its_modules_main(name):
-    positionals = {"search": ["landscape.parquet"], "fcnet": ["naval_propulsion"]}
+    positionals = {
+        "search": ["landscape.parquet"],
+        "fcnet": ["naval_propulsion"],
+        "synthetic": ["ridge"],
+    }
     args = build_parser().parse_args(["bench", name, *positionals.get(name, [])])
     assert args.run is importlib.import_module(BENCHES[name].module).main
 

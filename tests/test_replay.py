@@ -584,13 +584,15 @@ def test_a_flat_landscape_fails_the_gate_on_its_share_near_the_best() -> None:
 
 def test_replays_from_given_starts_begin_there_and_cd_sweeps_in_shuffled_orders(landscape):
     starts = landscape.starts(landscape.sigma, landscape.sigma)[:3]
-    cd = search_section("cd", repeats=1, noise=0.3, rounds=1)
+    cd = search_section("cd", repeats=1, noise=0.3, rounds=1, warmup=0)  # probes come first
     traces = list(
         replays(
             landscape, [cd], 6, starts=starts, concurrency=1, budget_epochs=None, budget_trials=8
         )
     )
-    assert [t.trials[0][1] for t in traces] == [starts[r % 3] for r in range(6)]
+    begun = [t.trials[0][1] for t in traces]
+    assert set(begun[:3]) == set(starts) and begun[3:] == begun[:3]  # each once, then again
+    assert begun[:3] != starts  # shuffled, not in sorted order (a fixed permutation of 3)
     first_moves = set()
     for trace in traces:  # the coordinate CD probes first: the one its order puts first
         start, probe = trace.trials[0][1], trace.trials[1][1]
@@ -621,8 +623,8 @@ def test_held_out_seeds_score_the_recommendation_the_searchers_never_saw() -> No
 
 
 def made_up_traces(method: str, reach_at: int, final: float, replays: int = 10) -> list:
-    """``replays`` traces of 40 trials × 3 epochs: regret 5 until trial ``reach_at``, then
-    ``final`` (never within δ = 1 when ``final`` > 1)."""
+    """``replays`` traces of 40 trials × 3 epochs, 8 in flight: regret 5 until trial
+    ``reach_at``, then ``final`` (never within δ = 1 when ``final`` > 1)."""
     from raycl.bench.replay import Trace
 
     return [
@@ -630,6 +632,7 @@ def made_up_traces(method: str, reach_at: int, final: float, replays: int = 10) 
             method,
             r,
             epochs=[3 * (i + 1) for i in range(40)],
+            clock=[3 * (i // 8 + 1) for i in range(40)],
             regret=[5.0 if i + 1 < reach_at else final for i in range(40)],
         )
         for r in range(replays)
@@ -647,10 +650,31 @@ def test_the_verdicts_follow_the_numbers_both_ways(landscape, cd_wins: bool) -> 
         "asha": made_up_traces("asha", 9, 0.5),
         "tpe": made_up_traces("tpe", 6, 0.5),
     }
-    text, _ = summarise(traces, landscape, delta=1.0)
+    text, _ = summarise(traces, landscape, delta=1.0, concurrency=8)
     verdicts = [line for line in text.splitlines() if line.startswith(("| CD /", "- CD"))]
-    assert len(verdicts) == 3 + 1 + 4  # three cost ratios, the share, 2 × 2 final regrets
+    # three cost ratios, two wall-clock ratios (8 in flight), the share, 2 × 2 final regrets
+    assert len(verdicts) == 3 + 2 + 1 + 4
+    assert sum("wall-clock" in line for line in verdicts) == 2
     if cd_wins:
         assert all("not met" not in line for line in verdicts), verdicts
     else:
         assert all("not met" in line for line in verdicts), verdicts
+
+
+@pytest.mark.parametrize("concurrency", [1, 2, 5])
+def test_the_wall_clock_counts_epochs_of_trials_training_at_once(landscape, concurrency) -> None:
+    def run(method: str):
+        return replay(
+            landscape,
+            search_section(method),
+            replay_index=0,
+            concurrency=concurrency,
+            budget_epochs=None,
+            budget_trials=10,
+        )
+
+    full = run("random")  # never waits: always `concurrency` trials of 3 epochs in flight
+    assert full.clock[-1] == math.ceil(10 / concurrency) * 3 and full.epochs[-1] == 30
+    assert full.clock == sorted(full.clock) and len(full.clock) == len(full.regret)
+    cd = run("cd")  # waits for a batch's results before the next: never faster
+    assert cd.clock[-1] >= math.ceil(len(cd.regret) / concurrency) * 3

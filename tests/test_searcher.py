@@ -101,7 +101,10 @@ class Driver:
 
 
 def searcher(space: SearchSpace, **kwargs: Any) -> CoordinateDescentSearcher:
+    """A searcher that descends from the start (no warm-up) unless a test asks for one: the
+    descent's mechanics are what most tests here check."""
     kwargs.setdefault("mode", "max")
+    kwargs.setdefault("warmup", 0)
     return CoordinateDescentSearcher(space, metric=METRIC, **kwargs)
 
 
@@ -796,7 +799,8 @@ def test_a_warm_up_tries_random_lattice_points_and_descends_from_the_best() -> N
         cd.on_trial_complete(f"t{i}", {METRIC: two_peaks(config)})
     warm = [e for e in cd.path if e["kind"] == "warmup"]
     best = max(first, key=two_peaks)
-    assert len(cd.path) >= 6 and all(not e["accepted"] for e in warm if e["config"] != best)
+    chosen = {"c0": best["c0"], "c1": best["c1"]}
+    assert len(cd.path) >= 6 and all(e["accepted"] is (e["config"] == chosen) for e in warm)
     assert cd._state.center == {"c0": best["c0"], "c1": best["c1"]}
     again = searcher(log2_space([1.0, 1.0], min_step=1.0), warmup=6, rounds=1)
     again.set_max_concurrency(7)
@@ -815,3 +819,63 @@ def test_save_restore_in_the_warm_up(tmp_path: Any, interrupt_after: int) -> Non
     assert_restored_search_continues(
         make, memoised_noise(two_peaks, 0.2, 4), interrupt_after, tmp_path
     )
+
+
+def test_a_new_round_starts_from_the_best_warm_up_point_away_from_the_optima_found() -> None:
+    cd = searcher(log2_space([1.0, 1.0], min_step=1.0), warmup=6, rounds=2, max_trials=200)
+    Driver(cd, two_peaks).run()
+    unused = [e for e in cd.path if e["kind"] == "warmup" and not e["accepted"]]
+    (first_optimum,) = cd._state.optima  # where round 1 ended
+    optimum = log2s(first_optimum, 2)
+    far = [  # ≥ 2 initial steps (1 unit each) from it along some coordinate
+        e
+        for e in unused
+        if max(abs(a - b) for a, b in zip(log2s(e["config"], 2), optimum, strict=True)) >= 2
+    ]
+    assert len(far) >= 2
+    (restart,) = [e for e in cd.path if e["kind"] == "restart"]
+    assert restart["config"] == max(far, key=lambda e: e["metric"])["config"]
+    assert restart["cached"]  # measured in the warm-up: the round costs no trial to start
+
+
+def test_the_default_warm_up_is_two_d_plus_one_points_at_most_half_the_budget() -> None:
+    space = log2_space([1.0, 1.0, 1.0], min_step=1.0)
+    for max_trials, spread in ((None, 7), (40, 7), (9, 4), (4, 1), (2, 0)):
+        cd = searcher(space, warmup=None, max_trials=max_trials)
+        assert [c.kind for c in cd._state.batch] == ["start"] + ["warmup"] * spread
+
+
+def test_slots_the_descent_leaves_idle_train_spread_points_it_may_restart_from() -> None:
+    cd = searcher(log2_space([1.0, 1.0], min_step=1.0), fill=True, rounds=None, max_trials=60)
+    cd.set_max_concurrency(4)
+    cd.set_search_properties(METRIC, "max", {})
+    first = [cd.suggest(f"t{i}") for i in range(4)]  # the start, then three idle slots filled
+    assert all(isinstance(c, dict) for c in first) and cd.suggest("t4") is None  # slots full
+    assert len({(c["c0"], c["c1"]) for c in first}) == 4
+    driver = Driver(cd, two_peaks)
+    driver.pending = {f"t{i}": config for i, config in enumerate(first)}
+    driver._next_id = 5
+    driver.run()
+    fills = [e for e in cd.path if e["kind"] == "fill"]
+    assert len(fills) >= 10 and not any(e["accepted"] for e in fills)
+    lattice = {tuple(p.values()) for p in cd.space.lattice()}
+    assert all(tuple(e["config"].values()) in lattice for e in fills)
+    assert cd.num_trials == 60 and log2s(cd.best_config, 2) == [-3.0, 3.0]
+    off = searcher(log2_space([1.0, 1.0], min_step=1.0), rounds=None, max_trials=60)
+    off.set_max_concurrency(4)
+    off.set_search_properties(METRIC, "max", {})
+    assert off.suggest("t0") is not None and off.suggest("t1") is None  # waits for the start
+
+
+@pytest.mark.parametrize("interrupt_after", [3, 20, 45])
+def test_save_restore_with_filled_slots(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        cd = searcher(
+            log2_space([1.0, 1.0], min_step=1.0), fill=True, warmup=3, rounds=None, max_trials=50
+        )
+        cd.set_max_concurrency(3)
+        return cd
+
+    noisy = memoised_noise(two_peaks, sd=0.2, seed=5)
+    reference = assert_restored_search_continues(make, noisy, interrupt_after, tmp_path)
+    assert any(e["kind"] == "fill" for e in reference.searcher.path)

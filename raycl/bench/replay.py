@@ -240,20 +240,23 @@ class Gate:
 
 @dataclass
 class Trace:
-    """One replay: after each finished trial, the epochs spent and the incumbent's regret."""
+    """One replay: after each finished trial, the epochs spent, the simulated wall clock (one
+    unit per epoch, ``concurrency`` trials training at once) and the incumbent's regret."""
 
     method: str
     replay: int
     epochs: list[int] = field(default_factory=list)  # all trials' epochs so far
+    clock: list[int] = field(default_factory=list)  # wall-clock time, in epochs of one trial
     regret: list[float] = field(default_factory=list)  # math.inf before a full trial
     recommended: PointKey | None = None
     trials: list[tuple[int, PointKey, int]] = field(default_factory=list)  # (start, point, epochs)
 
-    def reach(self, delta: float) -> tuple[int, int] | None:
-        """(finished trials, epochs) when the regret first fell to ``delta``; None if never."""
+    def reach(self, delta: float) -> tuple[int, int, int] | None:
+        """(finished trials, epochs, clock) when the regret first fell to ``delta``; None if
+        never."""
         for i, regret in enumerate(self.regret):
             if regret <= delta:
-                return i + 1, self.epochs[i]
+                return i + 1, self.epochs[i], self.clock[i]
         return None
 
     @property
@@ -384,6 +387,7 @@ def replay(
                 observed.setdefault(trial.key, []).append(result[landscape.metric])
             incumbent = best_mean(observed, landscape.mode) if observed else None
             trace.epochs.append(spent)
+            trace.clock.append(clock)
             trace.regret.append(math.inf if incumbent is None else scoring.regret(incumbent))
             trace.recommended = incumbent
             trace.trials.append((trial.order, trial.key, trial.done))
@@ -401,9 +405,12 @@ def replays(
     **options: Any,
 ) -> Iterator[Trace]:
     """``count`` replays of every search, replay-major (so partial results stay balanced);
-    replay ``r`` of every method starts at ``starts[r % len(starts)]`` (the space's start
-    without ``starts``)."""
+    replay ``r`` of every method starts at the same point, drawn from ``starts`` in a fixed
+    shuffled order (a permutation seeded with 0, cycled: the whole set before any repeat,
+    spread over the space rather than its first corner in sorted order); at the space's
+    start without ``starts``."""
+    order = np.random.default_rng(0).permutation(len(starts)) if starts else []
     for index in range(count):
-        start = starts[index % len(starts)] if starts else None
+        start = starts[order[index % len(starts)]] if starts else None
         for search in searches:
             yield replay(landscape, search, replay_index=index, start=start, **options)

@@ -28,17 +28,22 @@ Four additions to plain coordinate descent make it hold up on real, noisy landsc
 * **No idle slots**. With ``k`` concurrent trials (Tune tells the searcher through
   ``set_max_concurrency``), an extension hands out ``x + step, …, x + k·step`` together; they
   are then judged in order, and the walk stops at the first that does not improve.
-* **Restart rounds**. Where round 1 would finish, the budget it would leave unused starts
-  another descent at the initial steps, ``rounds`` times (None: until ``max_trials`` or Tune
-  stops; a search whose every trial errored ends anyway). With ``restart="kick"`` (the
-  default; iterated local search, Lourenço, Martin & Stützle 2003) a round starts from the
-  best point so far moved ±2 initial steps along half the coordinates (drawn from the seed and
-  the round, on a point not measured yet), so a descent that converged on a local optimum
-  next to the start gets out of its basin; a round that needs no new trial ends the search.
-  With ``restart="incumbent"`` (CD before issue 26; retrospective approximation: Chen &
-  Schmeiser 2001, Pasupathy 2010) round ``r`` re-descends from the incumbent with every point
-  it compares measured ``r·repeats`` times, re-deciding on means of more seeds what single
-  noisy trials decided — and confirming, by design, the optimum it started in.
+* **A spread start and restart rounds**. Before the first descent, ``warmup`` lattice points
+  spread over the space (a Latin hypercube; 2·d + 1 by default, TPE's number of start-up trials,
+  at most half of ``max_trials``) are evaluated with the start, and the descent starts from the
+  best of them. Where a round would finish, the budget it would leave unused starts another
+  descent at the initial steps, ``rounds`` times (None: until ``max_trials`` or Tune stops; a
+  search whose every trial errored ends anyway). With ``restart="kick"`` (the default; iterated
+  local search, Lourenço, Martin & Stützle 2003) a round starts from the best warm-up point at
+  least two initial steps from every optimum found so far (measured already: the round costs no
+  trial to start) or, when none is left, from the best point so far moved ±2 initial steps along
+  half the coordinates (drawn from the seed and the round, on a point not measured yet), so a
+  descent that converged on a local optimum gets out of its basin; a round that needs no new
+  trial ends the search. With ``restart="incumbent"`` (CD before issue 26, with ``warmup=0``;
+  retrospective approximation: Chen & Schmeiser 2001, Pasupathy 2010) round ``r`` re-descends
+  from the incumbent with every point it compares measured ``r·repeats`` times, re-deciding on
+  means of more seeds what single noisy trials decided — and confirming, by design, the optimum
+  it started in.
 
 Each point is evaluated with ``repeats`` seeds (config key ``seed`` = ``seed``, ``seed + 1``,
 …; a confirmation or a later round adds the next seeds) and scored by the mean of its
@@ -87,7 +92,7 @@ class _Candidate:
 
     point: dict[str, Any]
     key: PointKey
-    kind: str = "start"  # warmup | start | restart | probe | extend | pattern
+    kind: str = "start"  # warmup | start | restart | probe | extend | pattern | fill
     move: Move = field(default_factory=dict)
     cached: bool = False  # evaluated before this move asked for it
 
@@ -110,6 +115,8 @@ class _State:
     confirming: _Candidate | None = None
     best_score: float = -math.inf
     best_metric: float | None = None
+    optima: list[dict[str, Any]] = field(default_factory=list)  # where earlier rounds ended
+    warmup: list[dict[str, Any]] = field(default_factory=list)  # spread points not started from
 
 
 def defines_search_space(config: Mapping[str, Any]) -> bool:
@@ -139,8 +146,13 @@ class CoordinateDescentSearcher(Searcher):
             from ``seed`` and the round; points keep ``repeats`` measurements) or
             ``"incumbent"`` (the earlier CD: the incumbent, with one more ``repeats`` per
             point each round).
-        warmup: lattice points drawn at random (seeded) and evaluated with the start before
-            the first descent, which starts from the best of them (0: from the start).
+        warmup: lattice points spread over the space (a Latin hypercube on each coordinate's
+            lattice, seeded) evaluated with the start before the first descent, which starts
+            from the best of them; later rounds start from the best of them far from every
+            optimum found so far. None: 2·d + 1 for d coordinates (TPE's start-up trials),
+            at most half of ``max_trials``; 0: descend from the start.
+        fill: a slot the descent leaves idle (it waits for a batch's results) trains one more
+            point spread over the space (seeded), which later rounds may start from.
         max_trials: stop suggesting after this many trials.
         seed: the first seed.
         constants: fixed config entries added to every suggestion.
@@ -156,7 +168,8 @@ class CoordinateDescentSearcher(Searcher):
         noise: float | None = None,
         rounds: int | None = 1,
         restart: str = "kick",
-        warmup: int = 0,
+        warmup: int | None = None,
+        fill: bool = False,
         max_trials: int | None = None,
         seed: int = 0,
         constants: Mapping[str, Any] | None = None,
@@ -172,8 +185,8 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"rounds must be >= 1 or None (got {rounds})")
         if restart not in RESTARTS:
             raise ValueError(f"restart must be one of {list(RESTARTS)} (got {restart!r})")
-        if warmup < 0:
-            raise ValueError(f"warmup must be >= 0 (got {warmup})")
+        if warmup is not None and warmup < 0:
+            raise ValueError(f"warmup must be >= 0 or None (got {warmup})")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1 or None (got {max_trials})")
         self._space = as_search_space(space)
@@ -194,6 +207,8 @@ class CoordinateDescentSearcher(Searcher):
         self._wanted: dict[PointKey, int] = {}  # measurements a point needs
         self._handed_out: dict[PointKey, set[int]] = {}
         self._pending: dict[str, tuple[PointKey, int]] = {}  # trial id -> (point, repeat)
+        self._fill = fill
+        self._fills: dict[PointKey, dict[str, Any]] = {}  # spread points handed out to idle slots
         self._num_trials = 0
         self._path: list[dict[str, Any]] = []
         start = self._space.start_point()
@@ -201,9 +216,13 @@ class CoordinateDescentSearcher(Searcher):
             center=start, steps=self._space.initial_steps(), sweep_start=dict(start)
         )
         self._state.batch = [self._candidate(start)]
+        if warmup is None:  # 2·d + 1, at most half the budget
+            warmup = 2 * len(self._space) + 1
+            if max_trials is not None:
+                warmup = min(warmup, (max_trials - 1) // 2)
         if warmup:
             drawn = self._space_filling(start, warmup)
-            self._state.phase = "warmup"
+            self._state.phase, self._state.warmup = "warmup", drawn
             self._state.batch += [self._candidate(p, "warmup") for p in drawn]
 
     # -- public read-only view ----------------------------------------------------------------
@@ -218,23 +237,27 @@ class CoordinateDescentSearcher(Searcher):
         """Every decided candidate, in order.
 
         Entries: ``config``, ``metric`` (mean over its measurements; None on error), ``kind``
-        (start, restart, probe, extend or pattern), ``move`` (``{coordinate: displacement in
-        units}``), ``measurements``, ``accepted``, ``cached`` (served from the cache, no new
-        trial) and ``round``.
+        (warmup, start, restart, probe, extend, pattern or fill), ``move`` (``{coordinate:
+        displacement in units}``), ``measurements``, ``accepted``, ``cached`` (served from
+        the cache, no new trial) and ``round``.
         """
         return [dict(entry) for entry in self._path]
 
     @property
     def best_config(self) -> dict[str, Any] | None:
-        """Best config found so far (without ``seed``); None before the start is evaluated."""
+        """The measured point with the best mean so far, over every round (without
+        ``seed``); the start while every trial errored; None before the start is evaluated."""
         if not self._path:
             return None
-        return {**self._constants, **self._state.center}
+        best = self._best_key()
+        point = self._state.center if best is None else self._space.point(best)
+        return {**self._constants, **point}
 
     @property
     def best_result(self) -> float | None:
         """Metric of ``best_config`` (mean over its measurements); None if errored."""
-        return self._state.best_metric
+        best = self._best_key()
+        return None if best is None else self._mean(best)
 
     @property
     def num_trials(self) -> int:
@@ -274,7 +297,7 @@ class CoordinateDescentSearcher(Searcher):
             self._max_trials is not None and self._num_trials >= self._max_trials
         ):
             return Searcher.FINISHED
-        job = self._next_job()
+        job = self._next_job() or self._fill_job()
         if job is None:
             return None
         candidate, repeat = job
@@ -292,6 +315,8 @@ class CoordinateDescentSearcher(Searcher):
             return
         key, repeat = job
         self._measurements.setdefault(key, {})[repeat] = None if error else self._metric_of(result)
+        if key in self._fills:
+            self._record(_Candidate(self._fills.pop(key), key, "fill"), accepted=False)
         self._advance()
 
     def save(self, checkpoint_path: str) -> None:
@@ -340,6 +365,25 @@ class CoordinateDescentSearcher(Searcher):
             for repeat in range(self._wanted[candidate.key]):
                 if repeat not in given and repeat not in measured:
                     return candidate, repeat
+        return None
+
+    def _fill_job(self) -> tuple[_Candidate, int] | None:
+        """With ``fill``, a lattice point neither measured nor handed out, drawn from the seed
+        and the number of points filled so far, for a slot the descent leaves idle."""
+        idle = len(self._pending) < self._slots
+        if not self._fill or not idle or self._state.phase in ("warmup", "finished"):
+            return None
+        lattices = {c.name: c.lattice() for c in self._space}
+        filled = sum(e["kind"] == "fill" for e in self._path) + len(self._fills)
+        for attempt in range(100):
+            draw = random.Random(f"{self._seed}/fill/{filled}/{attempt}")
+            point = {name: draw.choice(values) for name, values in lattices.items()}
+            key = self._space.key(point)
+            if key not in self._measurements and key not in self._handed_out:
+                self._wanted[key] = 1
+                self._fills[key] = point
+                self._state.warmup.append(point)
+                return _Candidate(point, key, "fill"), 0
         return None
 
     def _metric_of(self, result: dict | None) -> float | None:
@@ -411,6 +455,7 @@ class CoordinateDescentSearcher(Searcher):
                     if candidate is not best:
                         self._record(candidate, accepted=False)
                 state.center, state.sweep_start = dict(best.point), dict(best.point)
+                state.warmup = [p for p in state.warmup if self._space.key(p) != best.key]
                 state.phase, state.batch = "start", [best]
             elif state.phase == "start":
                 start = state.batch[0]
@@ -599,37 +644,79 @@ class CoordinateDescentSearcher(Searcher):
         state.probe_directions = {}
 
     def _restart(self) -> None:
-        """The next round, a descent at the initial steps from the kicked best point so far
+        """The next round, a descent at the initial steps from the best warm-up point away
+        from every optimum found so far or else the kicked best point so far
         (``restart="kick"``), or from the incumbent measured again with every compared point
         at ``round · repeats`` measurements (``"incumbent"``)."""
         state = self._state
+        state.optima.append(dict(state.center))
         state.round += 1
         state.round_trials = self._num_trials
         state.steps = self._space.initial_steps()
         if self._restart_from == "kick":
-            state.center = self._kicked(self._best_point())
+            state.center = self._promising() or self._kicked(self._best_point())
         self._reset_sweep(last_sweep_moved=False)
         state.phase, state.batch = "start", [self._candidate(state.center, "restart")]
 
     def _space_filling(self, start: dict[str, Any], count: int) -> list[dict[str, Any]]:
-        """``count`` distinct lattice points other than ``start``, each coordinate drawn
-        uniformly from its lattice (seeded; fewer when the lattice is smaller)."""
+        """``count`` distinct lattice points other than ``start``: a Latin hypercube on the
+        lattice (each coordinate's lattice cut into ``count`` equal strata, every stratum used
+        once, in a seeded random order; McKay, Beckman & Conover 1979), a point that repeats
+        one already drawn replaced by a uniform draw (fewer when the lattice is smaller)."""
         draw = random.Random(f"{self._seed}/warmup")
         lattices = {c.name: c.lattice() for c in self._space}
+        strata = {name: draw.sample(range(count), count) for name in lattices}
         seen, points = {self._space.key(start)}, []
-        for _ in range(100 * count):
+        for i in range(100 * count):
             if len(points) == count:
                 break
-            point = {name: draw.choice(values) for name, values in lattices.items()}
+            point = {
+                name: values[int((strata[name][i] + draw.random()) * len(values) / count)]
+                if i < count
+                else draw.choice(values)
+                for name, values in lattices.items()
+            }
             if (key := self._space.key(point)) not in seen:
                 seen.add(key)
                 points.append(point)
         return points
 
-    def _best_point(self) -> dict[str, Any]:
-        """The measured point with the best mean so far (errored points never)."""
+    def _promising(self) -> dict[str, Any] | None:
+        """The best measured spread point (warm-up or fill) at least two initial steps (along
+        some coordinate) from every optimum an earlier round ended on; None when there is
+        none."""
+        steps = self._space.initial_steps()
+
+        def far(point: dict[str, Any], optimum: dict[str, Any]) -> bool:
+            return any(
+                abs(c.to_unit(point[c.name]) - c.to_unit(optimum[c.name])) >= 2 * steps[c.name]
+                for c in self._space
+            )
+
+        keys = {self._space.key(p): p for p in self._state.warmup}
+        usable = [
+            key
+            for key, point in keys.items()
+            if self._measurements.get(key)  # a filled point may still be training
+            and not self._errored(key)
+            and all(far(point, o) for o in self._state.optima)
+        ]
+        if not usable:
+            return None
+        best = max(usable, key=self._score)
+        self._state.warmup = [p for k, p in keys.items() if k != best]
+        return keys[best]
+
+    def _best_key(self) -> PointKey | None:
+        """The measured point with the best mean so far (errored points never); None when
+        there is none."""
         measured = [k for k, v in self._measurements.items() if v and None not in v.values()]
-        return self._space.point(max(measured, key=self._score))
+        return max(measured, key=self._score) if measured else None
+
+    def _best_point(self) -> dict[str, Any]:
+        best = self._best_key()
+        assert best is not None, "a restart follows a measured round"
+        return self._space.point(best)
 
     def _kicked(self, point: dict[str, Any]) -> dict[str, Any]:
         """``point`` moved by ±2 initial steps along half its coordinates (at least two, or
