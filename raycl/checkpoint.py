@@ -31,6 +31,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import pickle
 import random
 import re
@@ -290,21 +291,53 @@ def run_checkpoints(run_dir: Path) -> list[Path]:
 def best_checkpoint(run_dir: Path) -> Path:
     """The run's best good checkpoint by its checkpoint metric and mode (ties and runs that
     never recorded the metric: the latest)."""
-    good = [p for p in run_checkpoints(run_dir) if verify_checkpoint(p) is None]
+    return _best_verified(run_dir)[0]
+
+
+def _score(checkpoint: Path, metric: str) -> float | None:
+    """The checkpoint's recorded ``metric``; None when it has none or cannot be read."""
+    try:
+        value = last_metrics(checkpoint).get(metric)
+    except (OSError, ValueError, LookupError, TypeError):
+        return None
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _best_verified(run_dir: Path) -> tuple[Path, str | None]:
+    """(the best checkpoint that verifies, a line saying which better one did not and why,
+    if one did not); one line naming every checkpoint that failed when none verifies."""
+    checkpoints = run_checkpoints(run_dir)
+    problems = {p: verify_checkpoint(p) for p in checkpoints}
+    good = [p for p in checkpoints if problems[p] is None]
     if not good:
-        raise CheckpointError(f"{run_dir}: no checkpoint that verifies (is it a raycl run?)")
+        failed = "; ".join(f"{p.name}: {problems[p]}" for p in checkpoints)
+        raise CheckpointError(
+            f"{run_dir}: no checkpoint verifies ({failed})"
+            if checkpoints
+            else f"{run_dir}: no checkpoint (is it a raycl run?)"
+        )
     config = recorded_config(good[-1])
     sign = 1.0 if config.checkpoint_mode == "max" else -1.0
-    scored = [(p, last_metrics(p).get(config.checkpoint_metric)) for p in good]
-    scored = [(p, v) for p, v in scored if isinstance(v, int | float)]
-    if not scored:
-        return good[-1]
-    return max(scored, key=lambda item: (sign * item[1], item[0].name))[0]
+
+    def rank(p: Path) -> tuple[float, str]:
+        value = _score(p, config.checkpoint_metric)
+        return (-math.inf if value is None else sign * value, p.name)
+
+    chosen = max(good, key=rank)
+    better = [p for p in checkpoints if problems[p] is not None and rank(p) > rank(chosen)]
+    if not better:
+        return chosen, None
+    best = max(better, key=rank)
+    return chosen, (
+        f"the best checkpoint {best.name} does not verify ({problems[best]}); "
+        f"using {chosen} instead"
+    )
 
 
 def choose_checkpoint(path: Path, checkpoint: str | Path | None) -> Path:
     """The checkpoint directory to load: ``checkpoint``, ``path`` itself, or the best of the
-    run at ``path``; one line naming the path when it is none of these."""
+    run at ``path`` (saying so in one line when a better one failed verification); one line
+    naming the path when it is none of these."""
     path = Path(checkpoint if checkpoint is not None else path).resolve()
     if is_checkpoint(path):
         problem = verify_checkpoint(path)
@@ -312,8 +345,8 @@ def choose_checkpoint(path: Path, checkpoint: str | Path | None) -> Path:
             raise CheckpointError(f"{path}: the checkpoint does not verify ({problem})")
         return path
     if is_run(path):
-        chosen = best_checkpoint(path)
-        print(f"raycl: using checkpoint {chosen}", flush=True)
+        chosen, note = _best_verified(path)
+        print(f"raycl: {note or f'using checkpoint {chosen}'}", flush=True)
         return chosen
     raise CheckpointError(f"{path}: not a raycl run directory or checkpoint")
 

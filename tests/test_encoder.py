@@ -296,3 +296,33 @@ def test_two_ray_data_workers_write_what_one_and_the_driver_write(run, tmp_path,
         tables[workers] = pq.read_table(tmp_path / f"w{workers}.parquet")
     assert tables[1].equals(tables[0])
     assert tables[2].equals(tables[1])
+
+
+def test_a_best_checkpoint_that_fails_verification_is_named_with_the_one_used(
+    run, tmp_path, capsys
+):
+    copy = tmp_path / "digits"
+    shutil.copytree(run, copy)
+    checkpoints = run_checkpoints(copy)
+    scores = [history_of(p)["knn_top1"] for p in checkpoints]
+    best, other = (checkpoints[i] for i in np.argsort(scores)[::-1])
+    if scores[0] == scores[1]:  # ties go to the latest: make the earlier one strictly best
+        history = json.loads((other / "history.json").read_text())
+        history["history"][-1]["knn_top1"] = scores[0] + 1
+        (other / "history.json").write_text(json.dumps(history))
+        write_checksums(other, 0)
+        best, other = other, best
+    (best / "state.pt").write_bytes(b"cut short")
+    _, _, info = load_encoder(copy)
+    assert info.checkpoint == str(other.resolve())
+    (line,) = capsys.readouterr().out.splitlines()
+    assert line == (
+        f"raycl: the best checkpoint {best.name} does not verify (state.pt does not match "
+        f"its checksum); using {other.resolve()} instead"
+    )
+    (other / "state.pt").unlink()
+    with pytest.raises(CheckpointError) as failed:
+        load_encoder(copy)
+    message = str(failed.value)
+    assert "\n" not in message and "no checkpoint verifies" in message
+    assert all(p.name in message for p in checkpoints)

@@ -101,10 +101,12 @@ class Driver:
 
 
 def searcher(space: SearchSpace, **kwargs: Any) -> CoordinateDescentSearcher:
-    """A searcher that descends from the start (no warm-up) unless a test asks for one: the
-    descent's mechanics are what most tests here check."""
+    """A searcher that descends from the start (no warm-up) and spends its whole budget on
+    the descent (no final checks) unless a test asks otherwise: the descent's mechanics are
+    what most tests here check."""
     kwargs.setdefault("mode", "max")
     kwargs.setdefault("warmup", 0)
+    kwargs.setdefault("final_checks", 0)
     return CoordinateDescentSearcher(space, metric=METRIC, **kwargs)
 
 
@@ -879,3 +881,43 @@ def test_save_restore_with_filled_slots(tmp_path: Any, interrupt_after: int) -> 
     noisy = memoised_noise(two_peaks, sd=0.2, seed=5)
     reference = assert_restored_search_continues(make, noisy, interrupt_after, tmp_path)
     assert any(e["kind"] == "fill" for e in reference.searcher.path)
+
+
+def test_the_last_trials_of_the_budget_re_measure_the_best_points() -> None:
+    noisy = memoised_noise(two_peaks, sd=0.5, seed=1)
+    space = log2_space([1.0, 1.0], min_step=1.0)
+    cd = searcher(space, rounds=None, max_trials=30, final_checks=None)
+    assert cd._final_checks == 3  # a tenth of the budget
+    driver = Driver(cd, noisy)
+    driver.run()
+    final = [e for e in cd.path if e["kind"] == "final"]
+    before = [e for e in cd.path if e["kind"] != "final"]
+    assert len(final) == 3 and len(driver.suggested) == 30
+    assert all(e["measurements"] >= 2 for e in final)
+    # they were the three best means before the checks, each measured once more
+    last_seen = {}
+    for e in before:
+        last_seen[tuple(e["config"].values())] = e["metric"]
+    top = sorted(last_seen.items(), key=lambda item: item[1], reverse=True)[:3]
+    assert {tuple(e["config"].values()) for e in final} == {key for key, _ in top}
+    assert [e["accepted"] for e in final].count(True) <= 1
+    assert cd.best_config == {"c0": 2.0**-3, "c1": 2.0**3}
+    none = searcher(log2_space([1.0, 1.0], min_step=1.0), max_trials=30, final_checks=0)
+    Driver(none, noisy).run()
+    assert not any(e["kind"] == "final" for e in none.path)
+    with pytest.raises(ValueError, match="final_checks must be >= 0"):
+        searcher(log2_space([1.0]), final_checks=-1)
+
+
+@pytest.mark.parametrize("interrupt_after", [27, 29])
+def test_save_restore_in_the_final_checks(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        space = log2_space([1.0, 1.0], min_step=1.0)
+        cd = searcher(space, rounds=None, max_trials=30, final_checks=None)
+        cd.set_max_concurrency(2)
+        return cd
+
+    reference = assert_restored_search_continues(
+        make, memoised_noise(two_peaks, sd=0.5, seed=1), interrupt_after, tmp_path
+    )
+    assert sum(e["kind"] == "final" for e in reference.searcher.path) == 3

@@ -118,7 +118,10 @@ def test_real_search_with_each_method(ray_cluster, tmp_path, method):
     outcome = run_search(cfg)
     assert_a_real_search(outcome, 4)
     if method == "cd":
-        assert outcome.searcher_path and outcome.searcher_path[0]["accepted"]
+        kinds = [e["kind"] for e in outcome.searcher_path]
+        # the start and one spread point (2·d + 1, capped at half the budget of 4), either first
+        assert sorted(kinds[:2]) == ["start", "warmup"]
+        assert any(e["accepted"] for e in outcome.searcher_path)
         assert (tmp_path / "raycl-tune" / "cd_path.json").exists()
 
 

@@ -179,6 +179,7 @@ def _cd(space: SearchSpace, search: Any, seed: int, epochs: int) -> SearchPlan:
         restart=search.restart,
         warmup=search.warmup,
         fill=search.fill,
+        final_checks=search.final_checks,
         max_trials=search.budget_trials,
         seed=seed,
     )
@@ -228,6 +229,11 @@ def check_search(search: Mapping[str, Any] | Any) -> None:
         ("search.rounds", search.rounds is None or search.rounds >= 1, "must be >= 1 or null"),
         ("search.restart", search.restart in RESTARTS, f"must be one of {list(RESTARTS)}"),
         ("search.warmup", search.warmup is None or search.warmup >= 0, "must be >= 0 or null"),
+        (
+            "search.final_checks",
+            search.final_checks is None or search.final_checks >= 0,
+            "must be >= 0 or null",
+        ),
         ("search.max_concurrent_trials", search.max_concurrent_trials >= 1, "must be >= 1"),
         ("search.grace_period", search.grace_period >= 1, "must be >= 1"),
         ("search.reduction_factor", search.reduction_factor >= 2, "must be >= 2"),

@@ -79,7 +79,7 @@ from raycl.search.space import Coordinate, SearchSpace, as_search_space
 
 SEED_KEY = "seed"
 
-Phase = Literal["warmup", "start", "probe", "extend", "pattern", "confirm", "finished"]
+Phase = Literal["warmup", "start", "probe", "extend", "pattern", "confirm", "final", "finished"]
 RESTARTS = ("kick", "incumbent")
 Verdict = Literal["accept", "confirm", "reject"]
 PointKey = tuple[float | int, ...]
@@ -92,7 +92,7 @@ class _Candidate:
 
     point: dict[str, Any]
     key: PointKey
-    kind: str = "start"  # warmup | start | restart | probe | extend | pattern | fill
+    kind: str = "start"  # warmup | start | restart | probe | extend | pattern | fill | final
     move: Move = field(default_factory=dict)
     cached: bool = False  # evaluated before this move asked for it
 
@@ -153,6 +153,10 @@ class CoordinateDescentSearcher(Searcher):
             at most half of ``max_trials``; 0: descend from the start.
         fill: a slot the descent leaves idle (it waits for a batch's results) trains one more
             point spread over the space (seeded), which later rounds may start from.
+        final_checks: the last trials of ``max_trials`` (or of a search that ends by itself)
+            re-measure this many of the best points so far on a fresh seed each, so the
+            recommendation, the best mean, rests on more than one lucky trial. None: a tenth
+            of ``max_trials`` (at least 1; 0 without ``max_trials``); 0: none.
         max_trials: stop suggesting after this many trials.
         seed: the first seed.
         constants: fixed config entries added to every suggestion.
@@ -170,6 +174,7 @@ class CoordinateDescentSearcher(Searcher):
         restart: str = "kick",
         warmup: int | None = None,
         fill: bool = False,
+        final_checks: int | None = None,
         max_trials: int | None = None,
         seed: int = 0,
         constants: Mapping[str, Any] | None = None,
@@ -189,6 +194,10 @@ class CoordinateDescentSearcher(Searcher):
             raise ValueError(f"warmup must be >= 0 or None (got {warmup})")
         if max_trials is not None and max_trials < 1:
             raise ValueError(f"max_trials must be >= 1 or None (got {max_trials})")
+        if final_checks is not None and final_checks < 0:
+            raise ValueError(f"final_checks must be >= 0 or None (got {final_checks})")
+        if final_checks is None:
+            final_checks = 0 if max_trials is None else max(1, max_trials // 10)
         self._space = as_search_space(space)
         self._constants = dict(constants or {})
         clashes = sorted(set(self._constants) & {*self._space.names, SEED_KEY})
@@ -200,6 +209,7 @@ class CoordinateDescentSearcher(Searcher):
         self._rounds = rounds
         self._restart_from = restart
         self._max_trials = max_trials
+        self._final_checks = final_checks
         self._seed = seed
         self._slots = 1  # concurrent trials; Tune sets it through set_max_concurrency
 
@@ -237,7 +247,7 @@ class CoordinateDescentSearcher(Searcher):
         """Every decided candidate, in order.
 
         Entries: ``config``, ``metric`` (mean over its measurements; None on error), ``kind``
-        (warmup, start, restart, probe, extend, pattern or fill), ``move`` (``{coordinate:
+        (warmup, start, restart, probe, extend, pattern, fill or final), ``move`` (``{coordinate:
         displacement in units}``), ``measurements``, ``accepted``, ``cached`` (served from
         the cache, no new trial) and ``round``.
         """
@@ -297,6 +307,7 @@ class CoordinateDescentSearcher(Searcher):
             self._max_trials is not None and self._num_trials >= self._max_trials
         ):
             return Searcher.FINISHED
+        self._begin_final_checks()
         job = self._next_job() or self._fill_job()
         if job is None:
             return None
@@ -366,6 +377,30 @@ class CoordinateDescentSearcher(Searcher):
                 if repeat not in given and repeat not in measured:
                     return candidate, repeat
         return None
+
+    def _begin_final_checks(self) -> None:
+        """With ``final_checks`` trials of the budget left, stop descending and re-measure
+        the best points (trials already running still count)."""
+        state = self._state
+        due = self._max_trials is not None and (
+            self._max_trials - self._num_trials <= self._final_checks
+        )
+        if due and state.phase not in ("warmup", "final", "finished"):
+            self._final_phase()
+
+    def _final_phase(self) -> bool:
+        """Re-measure the ``final_checks`` best points so far, each once more on a fresh
+        seed, best first; False when there is nothing to re-measure."""
+        state = self._state
+        measured = [k for k, v in self._measurements.items() if v and None not in v.values()]
+        best = sorted(measured, key=self._score, reverse=True)[: self._final_checks]
+        if not best:
+            return False
+        state.phase, state.confirming, state.batch = "final", None, []
+        for key in best:
+            self._wanted[key] = len(self._measurements[key]) + 1
+            state.batch.append(_Candidate(self._space.point(key), key, "final"))
+        return True
 
     def _fill_job(self) -> tuple[_Candidate, int] | None:
         """With ``fill``, a lattice point neither measured nor handed out, drawn from the seed
@@ -462,6 +497,10 @@ class CoordinateDescentSearcher(Searcher):
                 state.best_score, state.best_metric = self._score(start.key), self._mean(start.key)
                 self._record(start, accepted=True)
                 self._enter_coordinate(0)
+            elif state.phase == "final":
+                for candidate in state.batch:
+                    self._record(candidate, accepted=candidate.key == self._best_key())
+                state.phase, state.batch = "finished", []
             elif state.phase == "probe":
                 self._decide_probe()
             elif state.phase == "confirm":
@@ -628,7 +667,8 @@ class CoordinateDescentSearcher(Searcher):
                 # a kicked round that needed no new trial: its region is known, stop
                 stale = self._restart_from == "kick" and self._num_trials == state.round_trials
                 if last or stale or state.best_score == -math.inf:  # nothing measurable
-                    state.phase, state.batch = "finished", []
+                    if not self._final_phase():
+                        state.phase, state.batch = "finished", []
                 else:
                     self._restart()
                 return
