@@ -10,8 +10,10 @@ The output folder holds
   (``conv1 = Conv2d(in_channels, 64, 3, 1, 1, bias=False)``, ``maxpool = Identity()``),
   as ``encoder.json`` says;
 * ``head.safetensors``: the projection head's weights (``nn.Sequential`` naming);
-* ``encoder.json``: the model config, input shape, normalisation, feature and embedding
-  sizes, and which checkpoint, epoch and metrics it came from;
+* ``encoder.json``: the model config, what a raw input item is (its range included), the
+  input shape, normalisation, feature and embedding sizes, which checkpoint, epoch and metrics
+  it came from, and ``loading``: Python that loads the weights, to run in the folder as
+  written;
 * with ``torchscript``: ``encoder.torchscript.pt``, the encoder traced in eval mode, which
   ``torch.jit.load`` runs with plain torch.
 
@@ -30,6 +32,7 @@ from typing import Any
 
 import torch
 
+from raycl.data import DATASETS
 from raycl.encoder import load_encoder
 from raycl.errors import CheckpointError
 
@@ -68,6 +71,7 @@ def export_encoder(
     description = {
         "model": dataclasses.asdict(info.config.model),
         "backbone": f"torchvision.models.{name}" if name in TORCHVISION_BACKBONES else name,
+        "input": DATASETS[info.config.data.name].raw_input(),
         "input_shape": info.input_shape,
         "in_channels": info.in_channels,
         "normalization": normalisation(transform),
@@ -93,18 +97,25 @@ def export_encoder(
 
 
 def _loading_notes(name: str, cifar_stem: bool) -> str:
+    """How to load ``encoder.safetensors``: Python to run in the export folder, as written."""
     if name not in TORCHVISION_BACKBONES:
         return (
-            f"raycl.models.ENCODERS[{name!r}] with the model config above, "
-            "load_state_dict(encoder.safetensors); or encoder.torchscript.pt with torch.jit.load"
+            "import json; from safetensors.torch import load_file; from raycl.models import "
+            "ENCODERS; from raycl.schema import ModelConfig; d = json.load(open('encoder.json'))"
+            "; model = ENCODERS[d['model']['name']](ModelConfig(**d['model']), d['in_channels'])"
+            "; model.load_state_dict(load_file('encoder.safetensors')); model.eval()  "
+            "# or, with plain torch: torch.jit.load('encoder.torchscript.pt')"
         )
     stem = (
-        "; first replace the stem: model.conv1 = torch.nn.Conv2d(in_channels, 64, 3, 1, 1, "
-        "bias=False) and model.maxpool = torch.nn.Identity()"
+        "; model.conv1 = torch.nn.Conv2d(d['in_channels'], 64, 3, 1, 1, bias=False)"
+        "; model.maxpool = torch.nn.Identity()"
         if cifar_stem
         else ""
     )
     return (
-        f"torchvision.models.{name}(){stem}; then load_state_dict(weights, strict=False): "
-        "only fc.* is missing (the classifier was removed; features are the pooled vector)"
+        "import json, torch, torchvision; from safetensors.torch import load_file; "
+        f"d = json.load(open('encoder.json')); model = torchvision.models.{name}(){stem}"
+        "; missing = model.load_state_dict(load_file('encoder.safetensors'), strict=False)"
+        "; model.fc = torch.nn.Identity(); model.eval()  "
+        "# only fc.* is missing: the classifier was removed, features are the pooled vector"
     )

@@ -145,7 +145,8 @@ def test_digits_split_is_fixed_and_stratified() -> None:
     image, label = test[0]
     assert image.shape == (1, 8, 8) and image.dtype == torch.float32
     assert isinstance(label, int)
-    assert train.data.min() >= 0 and train.data.max() == 1
+    assert train.data.min() == 0 and train.data.max() == 16  # raw, as scikit-learn has it
+    assert image.min() >= 0 and image.max() <= 1 and image.max() > 0.5  # scaled by /16
     assert torch.equal(DigitsDataset("test").data, test.data)
     counts = np.bincount(test.targets, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
@@ -474,3 +475,18 @@ def test_build_mnist1d_and_its_class_disjoint_split(tmp_path: Path) -> None:
         build_datasets(
             data("mnist1d", tmp_path, num_items=80, num_test_items=50, num_train_classes=10)
         )
+
+
+def test_the_evaluation_transform_takes_raw_items_as_a_user_holds_them(tmp_path: Path) -> None:
+    from raycl.data import DATASETS, evaluation_transform
+    from raycl.data.mnist1d import Mnist1dSpec, load_mnist1d
+
+    data = DataConfig(name="mnist1d", num_items=60, num_test_items=40, root=str(tmp_path))
+    bundle = build_datasets(data)
+    raw = load_mnist1d(Mnist1dSpec(num_train=60, num_test=40), tmp_path)["x_test"][5]
+    assert raw.shape == (40,)  # what make_dataset gives
+    transform = evaluation_transform(data)
+    torch.testing.assert_close(transform(raw), bundle.test_eval[5][0], rtol=0, atol=0)
+    assert "40 floats" in DATASETS["mnist1d"].raw_input()
+    assert "0..16" in DATASETS["digits"].raw_input()
+    assert "0..255" in DATASETS["cifar10"].raw_input()

@@ -69,6 +69,17 @@ def test_the_best_checkpoint_by_the_runs_metric_is_loaded(run):
     raw = build_datasets(info.config.data).test_eval.dataset.data[3]
     expected = build_datasets(info.config.data).test_eval[3][0]
     torch.testing.assert_close(transform(raw), expected, rtol=0, atol=0)
+    # ... and the raw item is what scikit-learn gives a user: 8×8, pixel values 0..16
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    split = train_test_split(
+        digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
+    )
+    assert split[1][3].max() > 1  # 0..16, not scaled
+    torch.testing.assert_close(transform(split[1][3]), expected, rtol=0, atol=0)
+    torch.testing.assert_close(transform(split[1][3].reshape(64)), expected, rtol=0, atol=0)
     # a checkpoint directory is taken as it is
     _, _, latest = load_encoder(checkpoints[-1])
     assert latest.epoch == 1 and latest.checkpoint == str(checkpoints[-1].resolve())
@@ -220,7 +231,7 @@ def test_embed_refuses_a_checkpoint_that_does_not_load_before_ray_starts(run, tm
 
 
 FRESH_PROCESS = r"""
-import json, sys
+import json, os, sys
 import numpy as np, torch
 from safetensors.torch import load_file
 folder, inputs, expected = sys.argv[1], sys.argv[2], sys.argv[3]
@@ -231,16 +242,14 @@ scripted = torch.jit.load(f"{folder}/encoder.torchscript.pt")
 with torch.no_grad():
     got = {"torchscript": scripted(x).numpy()}
 if description["backbone"] == "torchvision.models.resnet18":
-    import torchvision
-    model = torchvision.models.resnet18()
-    model.conv1 = torch.nn.Conv2d(description["in_channels"], 64, 3, 1, 1, bias=False)
-    model.maxpool = torch.nn.Identity()
-    result = model.load_state_dict(load_file(f"{folder}/encoder.safetensors"), strict=False)
+    os.chdir(folder)
+    recipe = {}
+    exec(description["loading"], recipe)  # the recipe as encoder.json writes it
+    result = recipe["missing"]
     assert sorted(result.missing_keys) == ["fc.bias", "fc.weight"], result
     assert not result.unexpected_keys, result
-    model.fc = torch.nn.Identity()
     with torch.no_grad():
-        got["torchvision"] = model.eval()(x).numpy()
+        got["torchvision"] = recipe["model"](x).numpy()
 for name, value in got.items():
     np.testing.assert_allclose(value, want, rtol=0, atol=1e-5, err_msg=name)
 print("ok", sorted(got))
@@ -248,7 +257,7 @@ print("ok", sorted(got))
 
 
 @pytest.mark.parametrize("model", ["small_cnn", "resnet18"])
-def test_an_export_runs_in_a_fresh_process_without_raycl(model, tmp_path):
+def test_an_export_runs_in_a_fresh_process_without_raycl(model, tmp_path, monkeypatch):
     overrides = ["model=resnet18", "model.cifar_stem=true"] if model == "resnet18" else []
     storage = tmp_path / "runs"
     quick = [*QUICK, "epochs=1", "max_steps_per_epoch=1"]
@@ -263,6 +272,13 @@ def test_an_export_runs_in_a_fresh_process_without_raycl(model, tmp_path):
     np.save(tmp_path / "want.npy", want)
     description = json.loads((folder / "encoder.json").read_text())
     assert description["input_shape"] == [1, 8, 8] and description["feature_dim"] == want.shape[1]
+    assert "pixel values 0..16" in description["input"]
+    if model == "small_cnn":  # the recipe needs raycl's model code: run it here, as written
+        monkeypatch.chdir(folder)
+        recipe: dict = {}
+        exec(description["loading"], recipe)
+        with torch.no_grad():
+            np.testing.assert_allclose(recipe["model"](x).numpy(), want, rtol=0, atol=1e-6)
     done = subprocess.run(
         [sys.executable, "-c", FRESH_PROCESS, str(folder), *(str(tmp_path / f) for f in files)],
         capture_output=True,

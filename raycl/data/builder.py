@@ -56,6 +56,17 @@ class DatasetSpec:
     recipe: Recipe | None = None
     # other sets: the evaluation transform of a raw item (an array or tensor)
     evaluation: Callable[[], Callable[[Any], torch.Tensor]] = _float_tensor
+    # what the evaluation transform takes, in a user's words (encoder.json says it); None:
+    # a decoded image for photo sets, else an array of the item's shape
+    raw_item: str | None = None
+
+    def raw_input(self) -> str:
+        """What the data set's evaluation transform takes: a raw item as a user holds it."""
+        if self.raw_item is not None:
+            return self.raw_item
+        if self.recipe is not None:
+            return "a PIL image, or a uint8 image tensor (C, H, W) with values 0..255"
+        return "a float array or tensor of the item's shape, values as the data set has them"
 
 
 OpenSplit = Callable[[str, Callable | None], Dataset]

@@ -1,9 +1,11 @@
 """The embedded default data set: scikit-learn's handwritten digits (no download needed).
 
 1797 grayscale 8x8 images of the digits 0-9 with pixel values 0..16, shipped inside
-scikit-learn. Images stay at their native 8x8 resolution (no upsampling) and are stored as
-float tensors ``(1, 8, 8)`` scaled to [0, 1]. The train/test split is fixed: a stratified
-1437/360 split from ``train_test_split(test_size=0.2, random_state=0)``.
+scikit-learn. Images stay at their native 8x8 resolution (no upsampling) and are kept as
+scikit-learn gives them (pixel values 0..16): the transforms take such a raw item and scale it
+to [0, 1] (:class:`~raycl.data.transforms.DigitsPixels`), so the evaluation transform a
+trained encoder comes with takes ``load_digits().images[i]`` as it is. The train/test split is
+fixed: a stratified 1437/360 split from ``train_test_split(test_size=0.2, random_state=0)``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from raycl.data.builder import SOURCE_SPLIT, DatasetBundle, DatasetSpec, assemble
-from raycl.data.transforms import digits_transform, eval_transform
+from raycl.data.transforms import digits_eval_transform, digits_transform
 from raycl.schema import DataConfig
 
 __all__ = ["DIGITS", "DigitsDataset"]
@@ -38,15 +40,16 @@ def _load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 class DigitsDataset(Dataset):
-    """One split of the digits; items are ``(transform(image), label)``, image ``(1, 8, 8)``."""
+    """One split of the digits; items are ``(transform(image), label)`` of the raw ``(8, 8)``
+    image in 0..16 (no transform: the evaluation transform, a ``(1, 8, 8)`` image in [0, 1])."""
 
     def __init__(self, split: str = "train", transform: Callable[[Any], Any] | None = None):
         if split not in _SPLITS:
             raise ValueError(f"split must be one of {list(_SPLITS)}, got {split!r}")
         images, labels = _load_split(split)
         self.split = split
-        self.transform = transform
-        self.data = torch.from_numpy(images / 16.0).float().unsqueeze(1)
+        self.transform = transform if transform is not None else digits_eval_transform()
+        self.data = torch.from_numpy(images).float()  # (N, 8, 8), 0..16 as scikit-learn has it
         self.targets: list[int] = labels.tolist()
         self.classes = [str(d) for d in range(10)]
 
@@ -54,10 +57,7 @@ class DigitsDataset(Dataset):
         return len(self.targets)
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
-        image = self.data[index]
-        if self.transform is not None:
-            image = self.transform(image)
-        return image, self.targets[index]
+        return self.transform(self.data[index]), self.targets[index]
 
 
 def build_digits(data: DataConfig, seed: int) -> DatasetBundle:
@@ -66,9 +66,13 @@ def build_digits(data: DataConfig, seed: int) -> DatasetBundle:
         data,
         lambda split, transform: DigitsDataset(SOURCE_SPLIT[split], transform),
         digits_transform(),
-        eval_transform(),
+        digits_eval_transform(),
     )
     return DatasetBundle(*datasets, num_classes=10, in_channels=1)
 
 
-DIGITS = DatasetSpec(build_digits, evaluation=eval_transform)
+DIGITS = DatasetSpec(
+    build_digits,
+    evaluation=digits_eval_transform,
+    raw_item="an 8×8 digit with pixel values 0..16 (sklearn.datasets.load_digits().images[i])",
+)

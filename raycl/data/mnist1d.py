@@ -206,4 +206,20 @@ def build_mnist1d(data: DataConfig, seed: int) -> DatasetBundle:
     return DatasetBundle(*datasets, num_classes=len(datasets[2].classes), in_channels=1)
 
 
-MNIST1D = DatasetSpec(build_mnist1d)
+class SignalItem:
+    """A raw MNIST-1D signal — ``make_dataset(...)["x"][i]``, 40 values — as the float32
+    ``(1, 40)`` item the encoders take (a ``(1, 40)`` item passes as it is)."""
+
+    def __call__(self, item: Any) -> torch.Tensor:
+        signal = torch.as_tensor(item, dtype=torch.float32)
+        return signal if signal.ndim == 2 else signal.reshape(1, -1)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+MNIST1D = DatasetSpec(
+    build_mnist1d,
+    evaluation=SignalItem,
+    raw_item="a signal of 40 floats (mnist1d's make_dataset(...)['x'][i])",
+)

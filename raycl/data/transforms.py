@@ -20,7 +20,9 @@ __all__ = [
     "IMAGENET",
     "MultiViewTransform",
     "Recipe",
+    "DigitsPixels",
     "TensorJitter",
+    "digits_eval_transform",
     "digits_transform",
     "eval_transform",
     "simclr_transform",
@@ -91,6 +93,18 @@ def simclr_transform(
     return _finish(steps, mean, std)
 
 
+class DigitsPixels:
+    """A raw digit as scikit-learn gives it — ``load_digits().images[i]`` (8×8) or
+    ``.data[i]`` (64 values), pixel values 0..16, array or tensor — as a float32 image
+    ``(1, 8, 8)`` in [0, 1]."""
+
+    def __call__(self, item: Any) -> torch.Tensor:
+        return torch.as_tensor(item, dtype=torch.float32).reshape(1, 8, 8) / 16.0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
 def digits_transform(
     size: int = 8,
     *,
@@ -98,11 +112,12 @@ def digits_transform(
     degrees: float = 15.0,
     translate: float = 0.1,
 ) -> v2.Compose:
-    """Augmentation for the 1-channel 8x8 digits: small affine warp and resized crop only.
+    """Augmentation for the 1-channel 8x8 digits, from the raw item (:class:`DigitsPixels`):
+    small affine warp and resized crop only.
 
     No flips (they change a digit's identity) and no colour operations (one channel).
     """
-    return _finish(
+    warp = _finish(
         [
             v2.RandomAffine(
                 degrees=degrees,
@@ -112,6 +127,12 @@ def digits_transform(
             v2.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.8, 1.25), antialias=True),
         ]
     )
+    return v2.Compose([DigitsPixels(), warp])
+
+
+def digits_eval_transform() -> v2.Compose:
+    """The digits' evaluation transform: the raw item (:class:`DigitsPixels`) as it is."""
+    return v2.Compose([DigitsPixels(), eval_transform()])
 
 
 def eval_transform(
