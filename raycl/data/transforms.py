@@ -18,9 +18,9 @@ from torchvision.transforms import v2
 
 __all__ = [
     "IMAGENET",
+    "DigitsPixels",
     "MultiViewTransform",
     "Recipe",
-    "DigitsPixels",
     "TensorJitter",
     "digits_eval_transform",
     "digits_transform",
