@@ -25,9 +25,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 def _overrides(args: argparse.Namespace) -> list[str]:
@@ -314,8 +316,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
     if extra:
         args.overrides = [*args.overrides, *extra]
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         args.run(args)
+    except Terminated:
+        _exit(f"raycl: terminated (SIGTERM){_resume_hint(args)}", 128 + signal.SIGTERM)
     except KeyboardInterrupt:
         _exit(f"raycl: interrupted{_resume_hint(args)}", 130)
     except TrainingDiverged as err:
@@ -324,6 +330,15 @@ def main(argv: Sequence[str] | None = None) -> None:
         _exit(f"raycl: error: {err}", err.exit_code)
     except (ValueError, FileNotFoundError, SubmitError) as err:
         _exit(f"raycl: error: {err}", 2)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, a container stop): unwinds like Ctrl-C, so whatever
+    cleans up on an interruption (a half-written output, a run's lock) does so."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated
 
 
 def _exit(line: str, code: int) -> None:

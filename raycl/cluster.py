@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -47,11 +48,16 @@ def connect_ray(address: str | None = None, *, verbose: bool = False, **options:
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(
             logging.ERROR
         )
+    handler = signal.getsignal(signal.SIGTERM)
     ray.init(
         address=address or "local",
         logging_config=ray.LoggingConfig(log_level="INFO" if verbose else "WARNING"),
         **options,
     )
+    if callable(handler) and threading.current_thread() is threading.main_thread():
+        # ray.init installs its own (C) SIGTERM handler, which aborts the driver: keep the
+        # Python one (the CLI's unwinds like Ctrl-C, so a half-written output is removed)
+        signal.signal(signal.SIGTERM, handler)
 
 
 def stop_orphaned_clusters() -> int:

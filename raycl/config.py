@@ -256,11 +256,6 @@ def validate(cfg: TrainConfig) -> None:
         ),
         (
             "train.chunk_size",
-            (cfg.train.chunk_size or 0) <= cfg.data.batch_size_per_worker,
-            f"must not exceed data.batch_size_per_worker ({cfg.data.batch_size_per_worker})",
-        ),
-        (
-            "train.chunk_size",
             cfg.train.chunk_size is None or cfg.train.chunk_size >= 1,
             "must be >= 1 (null: one pass)",
         ),

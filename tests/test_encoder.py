@@ -8,9 +8,13 @@ same items, and the exported files are loaded in a fresh Python without raycl.
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -342,3 +346,69 @@ def test_a_best_checkpoint_that_fails_verification_is_named_with_the_one_used(
     message = str(failed.value)
     assert "\n" not in message and "no checkpoint verifies" in message
     assert all(p.name in message for p in checkpoints)
+
+
+STOPS = {
+    signal.SIGTERM: (143, "raycl: terminated (SIGTERM)"),
+    signal.SIGINT: (130, "raycl: interrupted"),
+}
+MANY_ITEMS = ["data=synthetic", "data.num_items=5000000"]  # generated lazily, item by item
+MANY_ITEMS += ["data.item_shape=[1,8,8]", "data.num_classes=10", "eval.batch_size=16"]
+
+
+def signal_once_written(out: Path, stop: int, pid: int, done: threading.Event) -> None:
+    """Send ``stop`` to ``pid`` once ``out``'s temporary file exists."""
+    staging = out.with_name(out.name + ".tmp")
+    deadline = time.monotonic() + 120
+    while not staging.exists() and not done.is_set() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    if staging.exists():
+        os.kill(pid, stop)
+
+
+@pytest.mark.parametrize("stop", list(STOPS))
+def test_embed_stopped_by_sigterm_or_ctrl_c_leaves_no_partial_output(run, tmp_path, capsys, stop):
+    from raycl.cli import main
+
+    out = tmp_path / "stopped.parquet"
+    args = ["embed", str(run), "--output", str(out), *MANY_ITEMS, "cluster.num_workers=0"]
+    done = threading.Event()
+    sender = threading.Thread(target=signal_once_written, args=(out, stop, os.getpid(), done))
+    sender.start()
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as ended:
+            main(args)
+    finally:
+        done.set()
+        sender.join()
+        signal.signal(signal.SIGTERM, previous)
+    code, line = STOPS[stop]
+    assert ended.value.code == code
+    assert capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert not out.with_name(out.name + ".tmp").exists() and not out.exists()
+
+
+@pytest.mark.slow
+def test_embed_on_ray_stopped_by_sigterm_leaves_no_partial_output(run, tmp_path):
+    """The real path: ``raycl embed`` with Ray actors, as a process of its own (ray.init
+    installs its own SIGTERM handler in the driver, which would abort it)."""
+    out = tmp_path / "stopped.parquet"
+    command = [sys.executable, "-m", "raycl.cli", "embed", str(run), "--output", str(out)]
+    embed = subprocess.Popen(
+        [*command, *MANY_ITEMS, "cluster.num_workers=1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    staging = out.with_name(out.name + ".tmp")
+    deadline = time.monotonic() + 120
+    while not staging.exists() and embed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert staging.exists(), embed.communicate()[1][-2000:]
+    embed.send_signal(signal.SIGTERM)
+    _, stderr = embed.communicate(timeout=60)
+    assert embed.returncode == 143, stderr[-2000:]
+    assert stderr.strip().splitlines()[-1] == STOPS[signal.SIGTERM][1]
+    assert "Traceback" not in stderr
+    assert not staging.exists() and not out.exists()

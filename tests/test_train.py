@@ -166,3 +166,10 @@ def test_divergence_stops_with_a_clear_message(ray_cluster, tmp_path):
 
     with pytest.raises(TrainingDiverged, match=r"non-finite at epoch 0, step 1; the last good"):
         run(tmp_path, "name=nan", "epochs=3", "optim.lr=1e30")
+
+
+def test_a_chunk_larger_than_the_batch_is_one_chunk_as_the_readme_says():
+    # README: "C ≥ the batch is one chunk"; a balance search that lowers the batch below a
+    # configured chunk must not fail on it (the step's equality: tests/test_gradcache.py)
+    cfg = load_config(["data.batch_size_per_worker=32", "train.chunk_size=256"])
+    assert cfg.train.chunk_size == 256
