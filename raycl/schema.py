@@ -140,7 +140,6 @@ class SearchConfig:
     # from the incumbent re-measured on more seeds ("incumbent": CD before issue 26)
     warmup: int | None = None  # coordinate descent: lattice points spread over the space and
     # tried with the start first (None: 2·d + 1 for d coordinates; 0: none)
-    fill: bool = False  # coordinate descent: a slot the descent leaves idle trains a spread point
     final_checks: int | None = None  # coordinate descent: the budget's last trials re-measure
     # the best points (None: a tenth of budget_trials; 0: none)
     grace_period: int = 1  # ASHA: epochs before the first cut

@@ -847,42 +847,6 @@ def test_the_default_warm_up_is_two_d_plus_one_points_at_most_half_the_budget() 
         assert [c.kind for c in cd._state.batch] == ["start"] + ["warmup"] * spread
 
 
-def test_slots_the_descent_leaves_idle_train_spread_points_it_may_restart_from() -> None:
-    cd = searcher(log2_space([1.0, 1.0], min_step=1.0), fill=True, rounds=None, max_trials=60)
-    cd.set_max_concurrency(4)
-    cd.set_search_properties(METRIC, "max", {})
-    first = [cd.suggest(f"t{i}") for i in range(4)]  # the start, then three idle slots filled
-    assert all(isinstance(c, dict) for c in first) and cd.suggest("t4") is None  # slots full
-    assert len({(c["c0"], c["c1"]) for c in first}) == 4
-    driver = Driver(cd, two_peaks)
-    driver.pending = {f"t{i}": config for i, config in enumerate(first)}
-    driver._next_id = 5
-    driver.run()
-    fills = [e for e in cd.path if e["kind"] == "fill"]
-    assert len(fills) >= 10 and not any(e["accepted"] for e in fills)
-    lattice = {tuple(p.values()) for p in cd.space.lattice()}
-    assert all(tuple(e["config"].values()) in lattice for e in fills)
-    assert cd.num_trials == 60 and log2s(cd.best_config, 2) == [-3.0, 3.0]
-    off = searcher(log2_space([1.0, 1.0], min_step=1.0), rounds=None, max_trials=60)
-    off.set_max_concurrency(4)
-    off.set_search_properties(METRIC, "max", {})
-    assert off.suggest("t0") is not None and off.suggest("t1") is None  # waits for the start
-
-
-@pytest.mark.parametrize("interrupt_after", [3, 20, 45])
-def test_save_restore_with_filled_slots(tmp_path: Any, interrupt_after: int) -> None:
-    def make() -> CoordinateDescentSearcher:
-        cd = searcher(
-            log2_space([1.0, 1.0], min_step=1.0), fill=True, warmup=3, rounds=None, max_trials=50
-        )
-        cd.set_max_concurrency(3)
-        return cd
-
-    noisy = memoised_noise(two_peaks, sd=0.2, seed=5)
-    reference = assert_restored_search_continues(make, noisy, interrupt_after, tmp_path)
-    assert any(e["kind"] == "fill" for e in reference.searcher.path)
-
-
 def test_the_last_trials_of_the_budget_re_measure_the_best_points() -> None:
     noisy = memoised_noise(two_peaks, sd=0.5, seed=1)
     space = log2_space([1.0, 1.0], min_step=1.0)
@@ -921,3 +885,43 @@ def test_save_restore_in_the_final_checks(tmp_path: Any, interrupt_after: int) -
         make, memoised_noise(two_peaks, sd=0.5, seed=1), interrupt_after, tmp_path
     )
     assert sum(e["kind"] == "final" for e in reference.searcher.path) == 3
+
+
+def test_probes_cover_as_many_coordinates_as_the_slots_hold_and_the_best_decides() -> None:
+    objective = log2_quadratic([2.0, -1.0, 1.0, 0.0], coupling=0.0)
+    for slots, width in ((2, 1), (3, 1), (4, 2), (8, 4)):
+        cd = searcher(log2_space([1.0] * 4, min_step=1.0), rounds=1)
+        cd.set_max_concurrency(slots)
+        cd.set_search_properties(METRIC, "max", {})
+        start = cd.suggest("s")
+        cd.on_trial_complete("s", {METRIC: objective(start)})
+        probes = [cd.suggest(f"p{i}") for i in range(2 * width)]
+        assert all(isinstance(p, dict) for p in probes)
+        assert cd.suggest("more") is None  # the batch: `width` coordinates' two probes each
+        moved = {i for p in probes for i in range(4) if p[f"c{i}"] != start[f"c{i}"]}
+        assert moved == set(range(width))
+        for i, probe in enumerate(probes):
+            cd.on_trial_complete(f"p{i}", {METRIC: objective(probe)})
+        best = max(probes, key=objective)
+        accepted = [e for e in cd.path if e["kind"] == "probe" and e["accepted"]]
+        assert [e["config"] for e in accepted] == [{k: best[k] for k in cd.space.names}]
+
+
+def test_the_default_warm_up_fills_the_first_wave_of_many_slots() -> None:
+    space = log2_space([1.0, 1.0], min_step=1.0)
+    for slots, max_trials, spread in ((2, None, 5), (16, None, 15), (16, 20, 9)):
+        cd = searcher(space, warmup=None, max_trials=max_trials)
+        cd.set_max_concurrency(slots)
+        assert [c.kind for c in cd._state.batch] == ["start"] + ["warmup"] * spread
+
+
+@pytest.mark.parametrize("interrupt_after", [5, 14, 30])
+def test_save_restore_with_probes_across_coordinates(tmp_path: Any, interrupt_after: int) -> None:
+    def make() -> CoordinateDescentSearcher:
+        cd = searcher(log2_space([1.0, 1.0, 1.0]), rounds=None, max_trials=60, warmup=None)
+        cd.set_max_concurrency(6)
+        return cd
+
+    objective = memoised_noise(log2_quadratic([2.5, -1.0, 0.5], coupling=0.3), sd=0.1, seed=2)
+    reference = assert_restored_search_continues(make, objective, interrupt_after, tmp_path)
+    assert any(e["kind"] == "probe" for e in reference.searcher.path)

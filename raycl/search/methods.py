@@ -178,7 +178,6 @@ def _cd(space: SearchSpace, search: Any, seed: int, epochs: int) -> SearchPlan:
         rounds=search.rounds,
         restart=search.restart,
         warmup=search.warmup,
-        fill=search.fill,
         final_checks=search.final_checks,
         max_trials=search.budget_trials,
         seed=seed,

@@ -27,7 +27,9 @@ Four additions to plain coordinate descent make it hold up on real, noisy landsc
   mean of n; 0 turns confirmation off.
 * **No idle slots**. With ``k`` concurrent trials (Tune tells the searcher through
   ``set_max_concurrency``), an extension hands out ``x + step, …, x + k·step`` together; they
-  are then judged in order, and the walk stops at the first that does not improve.
+  are then judged in order, and the walk stops at the first that does not improve. A probe
+  batch covers ``k // 2`` coordinates at once (their best probe decides, as a pattern
+  search's poll), and the warm-up grows to fill the first wave.
 * **A spread start and restart rounds**. Before the first descent, ``warmup`` lattice points
   spread over the space (a Latin hypercube; 2·d + 1 by default, TPE's number of start-up trials,
   at most half of ``max_trials``) are evaluated with the start, and the descent starts from the
@@ -92,7 +94,7 @@ class _Candidate:
 
     point: dict[str, Any]
     key: PointKey
-    kind: str = "start"  # warmup | start | restart | probe | extend | pattern | fill | final
+    kind: str = "start"  # warmup | start | restart | probe | extend | pattern | final
     move: Move = field(default_factory=dict)
     cached: bool = False  # evaluated before this move asked for it
 
@@ -116,7 +118,7 @@ class _State:
     best_score: float = -math.inf
     best_metric: float | None = None
     optima: list[dict[str, Any]] = field(default_factory=list)  # where earlier rounds ended
-    warmup: list[dict[str, Any]] = field(default_factory=list)  # spread points not started from
+    warmup: list[dict[str, Any]] = field(default_factory=list)  # warm-up points not started from
 
 
 def defines_search_space(config: Mapping[str, Any]) -> bool:
@@ -149,10 +151,9 @@ class CoordinateDescentSearcher(Searcher):
         warmup: lattice points spread over the space (a Latin hypercube on each coordinate's
             lattice, seeded) evaluated with the start before the first descent, which starts
             from the best of them; later rounds start from the best of them far from every
-            optimum found so far. None: 2·d + 1 for d coordinates (TPE's start-up trials),
-            at most half of ``max_trials``; 0: descend from the start.
-        fill: a slot the descent leaves idle (it waits for a batch's results) trains one more
-            point spread over the space (seeded), which later rounds may start from.
+            optimum found so far. None: 2·d + 1 for d coordinates (TPE's start-up trials)
+            or, when more trials run at once, enough to fill every slot, at most half of
+            ``max_trials``; 0: descend from the start.
         final_checks: the last trials of ``max_trials`` (or of a search that ends by itself)
             re-measure this many of the best points so far on a fresh seed each, so the
             recommendation, the best mean, rests on more than one lucky trial. None: a tenth
@@ -173,7 +174,6 @@ class CoordinateDescentSearcher(Searcher):
         rounds: int | None = 1,
         restart: str = "kick",
         warmup: int | None = None,
-        fill: bool = False,
         final_checks: int | None = None,
         max_trials: int | None = None,
         seed: int = 0,
@@ -217,22 +217,30 @@ class CoordinateDescentSearcher(Searcher):
         self._wanted: dict[PointKey, int] = {}  # measurements a point needs
         self._handed_out: dict[PointKey, set[int]] = {}
         self._pending: dict[str, tuple[PointKey, int]] = {}  # trial id -> (point, repeat)
-        self._fill = fill
-        self._fills: dict[PointKey, dict[str, Any]] = {}  # spread points handed out to idle slots
         self._num_trials = 0
         self._path: list[dict[str, Any]] = []
         start = self._space.start_point()
         self._state = _State(
             center=start, steps=self._space.initial_steps(), sweep_start=dict(start)
         )
-        self._state.batch = [self._candidate(start)]
-        if warmup is None:  # 2·d + 1, at most half the budget
-            warmup = 2 * len(self._space) + 1
-            if max_trials is not None:
-                warmup = min(warmup, (max_trials - 1) // 2)
-        if warmup:
-            drawn = self._space_filling(start, warmup)
-            self._state.phase, self._state.warmup = "warmup", drawn
+        self._warmup = warmup
+        self._begin()
+
+    def _begin(self) -> None:
+        """The first batch: the start and the warm-up points (``warmup`` None: 2·d + 1, or
+        enough to fill every slot but the start's, at most half the budget)."""
+        start = self._space.start_point()
+        self._wanted.clear()
+        self._state.phase, self._state.batch = "start", [self._candidate(start)]
+        count = self._warmup
+        if count is None:
+            count = max(2 * len(self._space) + 1, self._slots - 1)
+            if self._max_trials is not None:
+                count = min(count, (self._max_trials - 1) // 2)
+        drawn = self._space_filling(start, count) if count else []
+        self._state.warmup = drawn
+        if drawn:
+            self._state.phase = "warmup"
             self._state.batch += [self._candidate(p, "warmup") for p in drawn]
 
     # -- public read-only view ----------------------------------------------------------------
@@ -247,7 +255,7 @@ class CoordinateDescentSearcher(Searcher):
         """Every decided candidate, in order.
 
         Entries: ``config``, ``metric`` (mean over its measurements; None on error), ``kind``
-        (warmup, start, restart, probe, extend, pattern, fill or final), ``move`` (``{coordinate:
+        (warmup, start, restart, probe, extend, pattern or final), ``move`` (``{coordinate:
         displacement in units}``), ``measurements``, ``accepted``, ``cached`` (served from
         the cache, no new trial) and ``round``.
         """
@@ -291,8 +299,11 @@ class CoordinateDescentSearcher(Searcher):
         return not defines_search_space(config)
 
     def set_max_concurrency(self, max_concurrent: int) -> bool:
-        """Learn how many trials run at once (extensions fill that many slots)."""
+        """Learn how many trials run at once: extensions and probes fill that many slots, and
+        a default warm-up (before the first trial) grows to fill them."""
         self._slots = max(1, int(max_concurrent))
+        if self._num_trials == 0:
+            self._begin()
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
@@ -308,7 +319,7 @@ class CoordinateDescentSearcher(Searcher):
         ):
             return Searcher.FINISHED
         self._begin_final_checks()
-        job = self._next_job() or self._fill_job()
+        job = self._next_job()
         if job is None:
             return None
         candidate, repeat = job
@@ -326,8 +337,6 @@ class CoordinateDescentSearcher(Searcher):
             return
         key, repeat = job
         self._measurements.setdefault(key, {})[repeat] = None if error else self._metric_of(result)
-        if key in self._fills:
-            self._record(_Candidate(self._fills.pop(key), key, "fill"), accepted=False)
         self._advance()
 
     def save(self, checkpoint_path: str) -> None:
@@ -401,25 +410,6 @@ class CoordinateDescentSearcher(Searcher):
             self._wanted[key] = len(self._measurements[key]) + 1
             state.batch.append(_Candidate(self._space.point(key), key, "final"))
         return True
-
-    def _fill_job(self) -> tuple[_Candidate, int] | None:
-        """With ``fill``, a lattice point neither measured nor handed out, drawn from the seed
-        and the number of points filled so far, for a slot the descent leaves idle."""
-        idle = len(self._pending) < self._slots
-        if not self._fill or not idle or self._state.phase in ("warmup", "finished"):
-            return None
-        lattices = {c.name: c.lattice() for c in self._space}
-        filled = sum(e["kind"] == "fill" for e in self._path) + len(self._fills)
-        for attempt in range(100):
-            draw = random.Random(f"{self._seed}/fill/{filled}/{attempt}")
-            point = {name: draw.choice(values) for name, values in lattices.items()}
-            key = self._space.key(point)
-            if key not in self._measurements and key not in self._handed_out:
-                self._wanted[key] = 1
-                self._fills[key] = point
-                self._state.warmup.append(point)
-                return _Candidate(point, key, "fill"), 0
-        return None
 
     def _metric_of(self, result: dict | None) -> float | None:
         try:
@@ -509,7 +499,8 @@ class CoordinateDescentSearcher(Searcher):
                 self._decide_chain()
 
     def _decide_probe(self) -> None:
-        """The better neighbour of one coordinate: accept, confirm or move on."""
+        """The best probe of the batch (one coordinate's neighbours, or several
+        coordinates' when the slots allow): accept, confirm or move on."""
         state = self._state
         best = max(state.batch, key=lambda c: self._score(c.key))  # ties: +1 first
         verdict = self._verdict(best)
@@ -602,34 +593,51 @@ class CoordinateDescentSearcher(Searcher):
             self._enter_coordinate(self._state.coord_index + 1)
 
     def _note_direction(self, probes: list[_Candidate]) -> None:
-        """Remember which way a coordinate that did not move slopes, if the probes say so."""
-        if len(probes) == 2:
-            up, down = probes
+        """Remember which way each probed coordinate that did not move slopes, if its two
+        probes say so."""
+        by_coordinate: dict[str, list[_Candidate]] = {}
+        for probe in probes:
+            by_coordinate.setdefault(next(iter(probe.move)), []).append(probe)
+        for name, pair in by_coordinate.items():
+            if len(pair) != 2:
+                continue
+            up, down = pair
             gap = abs(self._score(up.key) - self._score(down.key))
             rounding = 1e-9 * max(1.0, abs(self._state.best_score))
             if gap > max(self._eps, self._noise_level(), rounding):
-                name = next(iter(up.move))
                 better = up if self._score(up.key) > self._score(down.key) else down
                 self._state.probe_directions[name] = 1 if better.move[name] > 0 else -1
 
     def _enter_coordinate(self, index: int) -> None:
-        """Probe both neighbours along coordinate ``index``; after the last, the pattern."""
+        """Probe both neighbours along coordinate ``index`` — and along the next coordinates
+        too while their two probes fit the free slots (``k`` slots: ``k // 2`` coordinates at
+        once, the best probe of them all decides); after the last, the pattern."""
         state = self._state
         while index < len(self._space):
-            name = self._space.coordinates[index].name
-            step = state.steps[name]
-            batch = [
-                self._candidate(point, "probe", {name: direction * step})
-                for direction in (1, -1)
-                if (point := self._space.move(state.center, name, direction, step)) is not None
-            ]
+            batch, last = [], index
+            for j in range(index, len(self._space)):
+                if batch and len(batch) + 2 > self._slots:
+                    break
+                batch += self._probes(j)
+                last = j
             if batch:
-                state.phase, state.coord_index, state.batch = "probe", index, batch
+                state.phase, state.coord_index, state.batch = "probe", last, batch
                 return
-            index += 1
+            index = last + 1
         state.coord_index = index
         if not self._try_pattern():
             self._start_sweep()
+
+    def _probes(self, index: int) -> list[_Candidate]:
+        """The neighbours ``center ± step`` along coordinate ``index`` (fewer at a bound)."""
+        state = self._state
+        name = self._space.coordinates[index].name
+        step = state.steps[name]
+        return [
+            self._candidate(point, "probe", {name: direction * step})
+            for direction in (1, -1)
+            if (point := self._space.move(state.center, name, direction, step)) is not None
+        ]
 
     def _pattern(self) -> Move:
         """The sweep's pattern (see the module docstring); empty when there is none."""
@@ -722,9 +730,8 @@ class CoordinateDescentSearcher(Searcher):
         return points
 
     def _promising(self) -> dict[str, Any] | None:
-        """The best measured spread point (warm-up or fill) at least two initial steps (along
-        some coordinate) from every optimum an earlier round ended on; None when there is
-        none."""
+        """The best measured warm-up point at least two initial steps (along some coordinate)
+        from every optimum an earlier round ended on; None when there is none."""
         steps = self._space.initial_steps()
 
         def far(point: dict[str, Any], optimum: dict[str, Any]) -> bool:
@@ -737,9 +744,7 @@ class CoordinateDescentSearcher(Searcher):
         usable = [
             key
             for key, point in keys.items()
-            if self._measurements.get(key)  # a filled point may still be training
-            and not self._errored(key)
-            and all(far(point, o) for o in self._state.optima)
+            if not self._errored(key) and all(far(point, o) for o in self._state.optima)
         ]
         if not usable:
             return None
