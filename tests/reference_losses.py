@@ -10,7 +10,8 @@ Conventions
   Flattened view-major: anchor m = v * N + n; id(m) = n (labels None) or labels[n];
   view(m) = v.
 * Flat form (where allowed): embeddings (M, d) with ``labels`` (M,), no view structure.
-* Everything is float64; embeddings are L2-normalised first, s_ij = z_i . z_j.
+* Everything is float64; embeddings are L2-normalised first (not within
+  :func:`unnormalised`), s_ij = z_i . z_j.
 * Sets for anchor i: A(i) = {j != i}, P(i) = {j != i: id(j) = id(i)},
   Neg(i) = {j: id(j) != id(i)}, SV(i) = {j != i: view(j) = view(i)}.
 * Each loss returns float64 scalars (pos, ent, total), total = pos + weight * ent, all
@@ -27,6 +28,7 @@ is clamped to 1), so e.g. ``margin`` with no negative pairs has ent = 0 rather t
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -69,8 +71,23 @@ def flatten(views, labels=None):
         view_ids = None
     else:
         raise ValueError("expected (V, N, d) views or flat (M, d) embeddings")
-    z = x / x.norm(dim=1, keepdim=True)
+    z = x / x.norm(dim=1, keepdim=True) if _NORMALISED else x
     return z, ids, view_ids
+
+
+_NORMALISED = True
+
+
+@contextlib.contextmanager
+def unnormalised():
+    """Within it the references use the raw embeddings (s_ij = x_i · x_j), as a loss built
+    with ``normalize=False`` does."""
+    global _NORMALISED
+    _NORMALISED = False
+    try:
+        yield
+    finally:
+        _NORMALISED = True
 
 
 def _n_views(views):

@@ -39,8 +39,9 @@ def labels_for(seed: int, n_items: int, n_classes: int = 3) -> torch.Tensor:
 
 
 def ref_params(params: dict) -> dict:
-    """The reference calls the aggregation ``agg``."""
-    return {("agg" if k == "aggregation" else k): v for k, v in params.items()}
+    """The reference calls the aggregation ``agg``; it normalises unless told otherwise
+    (:func:`tests.reference_losses.unnormalised`)."""
+    return {("agg" if k == "aggregation" else k): v for k, v in params.items() if k != "normalize"}
 
 
 def assert_matches_reference(name, ref_fn, x, labels, params, impl, block_size=None):
@@ -67,6 +68,38 @@ def test_matches_reference(name, supervised, impl):
     x = views(seed=len(name), n_views=3, n_items=7)
     labels = labels_for(1, 7) if supervised else None
     assert_matches_reference(name, ref_fn, x, labels, params, impl, block_size=5)
+
+
+def along_sphere(grad: torch.Tensor, unit: torch.Tensor) -> torch.Tensor:
+    """The part of ``grad`` tangent to the unit sphere at the rows of ``unit``."""
+    return grad - (grad * unit).sum(-1, keepdim=True) * unit
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_without_normalisation_matches_the_reference_on_raw_embeddings(name, impl):
+    ref_fn, params = FAMILIES[name]
+    x = 0.6 * views(seed=21, n_items=7)  # norms about 1.3: not unit, exponents moderate
+    if name == "kcl":
+        # its kernels take d² = 2 − 2s: unit inputs are its documented contract, and on the
+        # sphere the value and the gradient along it (not across: d² and 2 − 2s differ off
+        # the sphere) are the reference's
+        x = F.normalize(x, dim=-1).requires_grad_(True)
+        ours = build_loss(name, impl=impl, block_size=3, normalize=False, **params)(x)
+        x_ref = x.detach().clone().requires_grad_(True)
+        with ref.unnormalised():
+            theirs = ref_fn(x_ref, None, **ref_params(params))
+        torch.testing.assert_close(ours.total, theirs[2], rtol=1e-10, atol=1e-12)
+        (g,) = torch.autograd.grad(ours.total, x)
+        (g_ref,) = torch.autograd.grad(theirs[2], x_ref)
+        torch.testing.assert_close(
+            along_sphere(g, x), along_sphere(g_ref, x), rtol=1e-9, atol=1e-12
+        )
+        return
+    with ref.unnormalised():
+        assert_matches_reference(name, ref_fn, x, None, {**params, "normalize": False}, impl, 3)
+    loss = build_loss(name, impl=impl, block_size=3, normalize=False, **params)
+    assert not torch.allclose(loss(x).total, build_loss(name, **params)(x).total)
 
 
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)

@@ -91,7 +91,9 @@ KERNELS: dict[str, tuple[Kernel, Kernel]] = {
 
 
 class KCLLoss(ContrastiveLoss):
-    """KCL with a kernel of width ``t`` and balance ``weight`` (= γ)."""
+    """KCL with a kernel of width ``t`` and balance ``weight`` (= γ). The kernels take
+    ``d² = ‖z_i − z_j‖² = 2 − 2·s_ij``, which holds for unit embeddings: with
+    ``normalize=False`` the inputs must already be unit vectors."""
 
     name = "kcl"
     pos_scale = -2.0
