@@ -293,7 +293,7 @@ def test_bench_search_report_end_to_end(tmp_path: Path, capsys) -> None:
         "--budget-epochs 120 --delta "
     )
     # CD ends on the optimum (0.25, 2, 32) in every replay: a local optimum with regret 0
-    assert "| cd:noise=start,eps=0 | 0.25, 2, 32 | 100% | 0.00 | yes |" in text
+    assert "| cd:noise=start,eps=0 | 0.25, 2, 32 | 100% | 0 | yes |" in text
     assert out.with_suffix(".png").stat().st_size > 10_000
     partial = tmp_path / "partial.parquet"
     write_table(quadratic_table().query("`loss.weight` < 4").to_dict("records"), partial, METADATA)

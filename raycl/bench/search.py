@@ -197,8 +197,8 @@ def summarise(
         numbers[label] = {"share": share, "costs": spent, "final": finals, "at": at}
         lines.append(
             f"| {label} | {share:.0%} | {cells[0]} | {cells[1]} | {cells[2]} "
-            f"| {statistics.median(finals):.2f} ({statistics.fmean(finals):.2f}) "
-            f"| {np.quantile(finals, 0.9, method='higher'):.2f} "
+            f"| {statistics.median(finals):.3g} ({statistics.fmean(finals):.3g}) "
+            f"| {np.quantile(finals, 0.9, method='higher'):.3g} "
             f"| {statistics.median(len(t.regret) for t in runs):g} |"
         )
     lines += ["", *_ratios(numbers, rng, concurrency)]
@@ -218,7 +218,7 @@ def endpoints(traces: dict[str, list[Trace]], landscape: Landscape, top: int = 3
             point = ", ".join(f"{value:g}" for value in key)
             optimum = "yes" if landscape.is_local_optimum(key) else "no"
             lines.append(
-                f"| {label} | {point} | {n / len(runs):.0%} | {landscape.regret(key):.2f} "
+                f"| {label} | {point} | {n / len(runs):.0%} | {landscape.regret(key):.3g} "
                 f"| {optimum} |"
             )
     return "\n".join(lines)
@@ -281,7 +281,7 @@ def _ratios(numbers: dict[str, Any], rng: np.random.Generator, concurrency: int)
                 )
                 lines.append(
                     f"- CD's recommendation after {trials} trials, regret {name} ≤ TPE's: "
-                    f"{'met' if mine <= theirs else 'not met'} ({mine:.2f} vs {theirs:.2f})"
+                    f"{'met' if mine <= theirs else 'not met'} ({mine:.3g} vs {theirs:.3g})"
                 )
     return lines
 
@@ -418,7 +418,7 @@ def command_line(args: argparse.Namespace, budget_epochs: int, delta: float) -> 
     """The command that reproduces a report (every option spelled out)."""
     words = ["raycl", "bench", "search", args.table, "--methods", *args.methods]
     words += ["--replays", str(args.replays), "--concurrency", str(args.concurrency)]
-    words += ["--budget-epochs", str(budget_epochs), "--delta", f"{delta:.2f}"]
+    words += ["--budget-epochs", str(budget_epochs), "--delta", f"{delta:.6g}"]
     if args.budget_trials is not None:
         words += ["--budget-trials", str(args.budget_trials)]
     if args.crn:
@@ -490,7 +490,7 @@ def main(args: argparse.Namespace) -> None:
         f"{args.replays} replays per method, "
         f"{args.concurrency} trials in flight, budget {budget_epochs} epochs"
         f"{f' / {args.budget_trials} trials' if args.budget_trials else ''}; "
-        f"δ = {delta:.2f} points; each lookup "
+        f"δ = {delta:.3g} points; each lookup "
         f"{'uses the replay’s seed (common random numbers)' if args.crn else 'draws a seed'}."
     )
     text = (
