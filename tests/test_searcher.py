@@ -6,9 +6,11 @@ would, without a Ray cluster.
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -925,3 +927,26 @@ def test_save_restore_with_probes_across_coordinates(tmp_path: Any, interrupt_af
     objective = memoised_noise(log2_quadratic([2.5, -1.0, 0.5], coupling=0.3), sd=0.1, seed=2)
     reference = assert_restored_search_continues(make, objective, interrupt_after, tmp_path)
     assert any(e["kind"] == "probe" for e in reference.searcher.path)
+
+
+def test_the_earlier_cd_is_reachable_and_decides_exactly_as_it_did() -> None:
+    """``warmup=0, restart="incumbent", final_checks=0, eps=0.2`` is CD as it was before
+    issue 26: the same trials and decisions, on a noisy objective over restart rounds, as the
+    searcher of commit ad548d2 recorded in tests/data/cd_before_issue_26.json (written by
+    running that commit's ``raycl/search/searcher.py`` through this file's Driver)."""
+    recorded = json.loads((Path(__file__).parent / "data" / "cd_before_issue_26.json").read_text())
+    cd = searcher(
+        log2_space([1.0, 1.0, 1.0]),
+        eps=0.2,
+        warmup=0,
+        restart="incumbent",
+        final_checks=0,
+        rounds=None,
+        max_trials=60,
+    )
+    cd.set_max_concurrency(2)
+    objective = memoised_noise(log2_quadratic([2.5, -1.0, 0.5], coupling=0.3), sd=0.3, seed=4)
+    driver = Driver(cd, objective).run()
+    assert driver.suggested == recorded["suggested"]
+    assert json.loads(json.dumps(cd.path)) == recorded["path"]
+    assert max(e["round"] for e in cd.path) >= 2
