@@ -4,6 +4,7 @@ arithmetic from given measurements (the full benchmark runs by hand: benchmarks/
 from __future__ import annotations
 
 import argparse
+import signal
 
 from raycl.bench import memory
 from raycl.cli import build_parser
@@ -81,3 +82,12 @@ def test_skip_reason_extrapolates_memory_along_the_measured_line(monkeypatch):
     one_pass = [{"batch": 1024, "peak_bytes": 9 * GB, "seconds": 80.0}]  # proportional to B
     assert memory._skip_reason(one_pass, 4096, 600) == "skipped: ~36.00 GB predicted, 20.00 GB free"
     assert memory._skip_reason([], 4096, 600) is None
+
+
+def test_a_killed_measurement_says_out_of_memory_only_when_the_kernel_counted_one():
+    from raycl.bench.measure import killed_by
+
+    assert killed_by(signal.SIGKILL, 3, 4) == "killed (out of memory)"
+    assert killed_by(signal.SIGKILL, 3, 3) == "killed (SIGKILL, not by the out-of-memory killer)"
+    assert killed_by(signal.SIGKILL, None, None) == "killed (SIGKILL)"
+    assert killed_by(signal.SIGTERM, 3, 4) == "killed (SIGTERM)"

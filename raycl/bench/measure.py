@@ -7,6 +7,7 @@ import ctypes
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -127,14 +128,47 @@ def in_fresh_process(module: str, kind: str, env: dict[str, str] | None = None, 
     ``env`` adds environment variables.
     """
     cmd = [sys.executable, "-m", module, "--_worker", kind, json.dumps(kwargs)]
+    kills = oom_kills()
     out = subprocess.run(
         cmd, capture_output=True, text=True, check=False, env={**os.environ, **(env or {})}
     )
-    if out.returncode == -9:
-        return {"error": "killed (out of memory)"}
+    if out.returncode < 0:
+        return {"error": killed_by(-out.returncode, kills, oom_kills())}
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+OOM_COUNTERS = (  # the kernel's count of this cgroup's out-of-memory kills (v2, then v1)
+    Path("/sys/fs/cgroup/memory.events"),
+    Path("/sys/fs/cgroup/memory/memory.oom_control"),
+)
+
+
+def oom_kills() -> int | None:
+    """How many processes the kernel's out-of-memory killer has killed in this cgroup; None
+    where no counter can be read."""
+    for counter in OOM_COUNTERS:
+        try:
+            lines = counter.read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            name, _, value = line.partition(" ")
+            if name == "oom_kill":
+                return int(value)
+    return None
+
+
+def killed_by(signum: int, kills_before: int | None, kills_after: int | None) -> str:
+    """What ended a process that a signal killed: "out of memory" only when the kernel's
+    counter of out-of-memory kills rose meanwhile."""
+    name = signal.Signals(signum).name if signum in signal.valid_signals() else f"signal {signum}"
+    if signum == signal.SIGKILL and kills_before is not None and kills_after is not None:
+        if kills_after > kills_before:
+            return "killed (out of memory)"
+        return "killed (SIGKILL, not by the out-of-memory killer)"
+    return f"killed ({name})"
 
 
 def serve_worker(measurements: dict[str, Callable[..., dict]]) -> None:
