@@ -36,12 +36,14 @@ def loss_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-baseline", type=int, default=32768, help="largest M to run materialised"
     )
-    parser.add_argument("--repeats", type=int, default=2, help="tiled runs per size (best)")
     parser.add_argument(
-        "--gemm",
+        "--repeats", type=int, default=2, help="runs per measurement, every side (the best)"
+    )
+    parser.add_argument(
+        "--limit",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="measure the 3-GEMM reference (slow at very large M)",
+        help="measure the exact symmetric algorithm's unavoidable work (slow at very large M)",
     )
     parser.add_argument("--output", help="also write the markdown table to this file")
 
