@@ -213,6 +213,9 @@ def _in_process(request: EmbedRequest, n: int) -> Iterator[pa.Table]:
         yield embedder.embed(np.arange(start, min(start + request.batch_size, n)))
 
 
+MAX_BLOCKS = 256  # index blocks handed to Ray Data at most (more only cost scheduling)
+
+
 def _on_ray(
     request: EmbedRequest, n: int, workers: int, address: str | None, use_gpu: bool
 ) -> Iterator[pa.Table]:
@@ -225,7 +228,8 @@ def _on_ray(
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # batches come back in index order
     context.enable_progress_bars = False  # the driver's bar counts the rows written
-    blocks = min(n, max(4 * workers, -(-n // request.batch_size)))
+    # a block per batch, but not thousands of them: Ray Data's cost per block is fixed
+    blocks = min(n, max(4 * workers, min(-(-n // request.batch_size), MAX_BLOCKS)))
     indices = ray.data.from_numpy(np.array_split(np.arange(n, dtype=np.int64), blocks))
     embedded = indices.map_batches(
         EmbedItems,

@@ -400,14 +400,20 @@ def test_embed_on_ray_stopped_by_sigterm_leaves_no_partial_output(run, tmp_path)
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,
     )
     staging = out.with_name(out.name + ".tmp")
-    deadline = time.monotonic() + 120
-    while not staging.exists() and embed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert staging.exists(), embed.communicate()[1][-2000:]
-    embed.send_signal(signal.SIGTERM)
-    _, stderr = embed.communicate(timeout=60)
+    try:
+        deadline = time.monotonic() + 120
+        while not staging.exists() and embed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert staging.exists(), "no output was being written"
+        embed.send_signal(signal.SIGTERM)
+        _, stderr = embed.communicate(timeout=60)
+    finally:  # never leave an embedding (and its Ray) running past the test
+        if embed.poll() is None:
+            os.killpg(embed.pid, signal.SIGKILL)
+            embed.communicate()
     assert embed.returncode == 143, stderr[-2000:]
     assert stderr.strip().splitlines()[-1] == STOPS[signal.SIGTERM][1]
     assert "Traceback" not in stderr

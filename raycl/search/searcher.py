@@ -394,7 +394,8 @@ class CoordinateDescentSearcher(Searcher):
         due = self._max_trials is not None and (
             self._max_trials - self._num_trials <= self._final_checks
         )
-        if due and state.phase not in ("warmup", "final", "finished"):
+        idle = len(self._pending) < self._slots  # Tune may ask with every slot taken
+        if due and idle and state.phase not in ("warmup", "final", "finished"):
             self._final_phase()
 
     def _final_phase(self) -> bool:
