@@ -319,15 +319,15 @@ def _best_verified(run_dir: Path) -> tuple[Path, str | None]:
     config = recorded_config(good[-1])
     sign = 1.0 if config.checkpoint_mode == "max" else -1.0
 
-    def rank(p: Path) -> tuple[float, str]:
+    rank = {}  # each checkpoint's history read once: (signed metric, name)
+    for p in checkpoints:
         value = _score(p, config.checkpoint_metric)
-        return (-math.inf if value is None else sign * value, p.name)
-
-    chosen = max(good, key=rank)
-    better = [p for p in checkpoints if problems[p] is not None and rank(p) > rank(chosen)]
+        rank[p] = (-math.inf if value is None else sign * value, p.name)
+    chosen = max(good, key=rank.__getitem__)
+    better = [p for p in checkpoints if problems[p] is not None and rank[p] > rank[chosen]]
     if not better:
         return chosen, None
-    best = max(better, key=rank)
+    best = max(better, key=rank.__getitem__)
     return chosen, (
         f"the best checkpoint {best.name} does not verify ({problems[best]}); "
         f"using {chosen} instead"

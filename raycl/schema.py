@@ -136,8 +136,9 @@ class SearchConfig:
     repeats: int = 1  # seeds per point (every method; the searcher sees their mean)
     noise: float | None = None  # coordinate descent: re-measure wins smaller than this
     rounds: int | None = None  # coordinate descent: restarted descents (None: until the budget)
-    restart: str = "kick"  # coordinate descent: a round starts from the kicked best point or
-    # from the incumbent re-measured on more seeds ("incumbent": CD before issue 26)
+    restart: str = "kick"  # coordinate descent: a round starts from the best warm-up point
+    # away from the optima found, else the kicked best point; or ("incumbent", CD before issue
+    # 26) from the incumbent re-measured on more seeds
     warmup: int | None = None  # coordinate descent: lattice points spread over the space and
     # tried with the start first (None: 2·d + 1 for d coordinates; 0: none)
     final_checks: int | None = None  # coordinate descent: the budget's last trials re-measure

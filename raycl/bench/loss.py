@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Callable
 from datetime import date
 
 import torch
@@ -79,58 +80,66 @@ def measure_loss(
     return {"peak_bytes": peak_memory(timed_step, dev), **timing}
 
 
+Tile = tuple[int, int, int, int, bool]
+
+
+def _time_tiles(
+    size: int,
+    dim: int,
+    device: str,
+    dtype: str,
+    block_size: int | None,
+    work: Callable[[torch.Tensor, list[Tile]], None],
+    repeats: int = 1,
+) -> float:
+    """Seconds for ``work(z, tiles)`` over the tiled engine's symmetric tiles
+    (:func:`raycl.losses.tiled.tile_grid`) of ``size`` random rows, at its block size (default:
+    the device's) and dtype; the best of ``repeats`` runs after a warm-up of two blocks' tiles."""
+    dev, dt = torch.device(device), getattr(torch, dtype)
+    block = block_size or default_block_size(dev)
+    z = torch.randn(size, dim, device=dev, dtype=dt)
+    warm = min(size, 2 * block)
+    work(z, tile_grid(warm, warm, block, symmetric=True))
+    tiles = tile_grid(size, size, block, symmetric=True)
+    return best_time(lambda: work(z, tiles), dev, repeats=repeats)
+
+
+def _unavoidable(z: torch.Tensor, tiles: list[Tile]) -> None:
+    for r0, r1, c0, c1, _ in tiles:
+        rows, cols = z[r0:r1], z[c0:c1]
+        grad = (rows @ cols.T).exp_()
+        _ = grad @ cols
+        _ = grad.T @ rows
+
+
+def _matmuls(z: torch.Tensor, tiles: list[Tile]) -> None:
+    for r0, r1, c0, c1, _ in tiles:
+        _ = z[r0:r1] @ z[c0:c1].T
+    for r0, r1, c0, c1, _ in tiles:
+        rows, cols = z[r0:r1], z[c0:c1]
+        grad = rows @ cols.T
+        _ = grad @ cols
+        _ = grad.T @ rows
+
+
 def measure_limit(
     size: int, dim: int, device: str, dtype: str, repeats: int = 1, block_size: int | None = None
 ) -> float:
     """Seconds for the work the exact symmetric forward + backward cannot avoid: for every
-    upper-triangle tile the tiled engine visits (its tiles, :func:`raycl.losses.tiled.tile_grid`,
-    and block size), one forward GEMM ``S = Z_r·Z_cᵀ``, one ``exp`` over the tile and the two
-    backward GEMMs ``G·Z_c`` and ``Gᵀ·Z_r`` (``G`` = the exp'd tile as a stand-in). The best
-    of ``repeats`` runs after a warm-up of two blocks' tiles."""
-    dev, dt = torch.device(device), getattr(torch, dtype)
-    block = block_size or default_block_size(dev)
-    z = torch.randn(size, dim, device=dev, dtype=dt)
-
-    def work(tiles: list[tuple[int, int, int, int, bool]]) -> None:
-        for r0, r1, c0, c1, _ in tiles:
-            rows, cols = z[r0:r1], z[c0:c1]
-            grad = (rows @ cols.T).exp_()
-            _ = grad @ cols
-            _ = grad.T @ rows
-
-    warm = min(size, 2 * block)
-    work(tile_grid(warm, warm, block, symmetric=True))
-    tiles = tile_grid(size, size, block, symmetric=True)
-    return best_time(lambda: work(tiles), dev, repeats=repeats)
+    upper-triangle tile the tiled engine visits, one forward GEMM ``S = Z_r·Z_cᵀ``, one
+    ``exp`` over the tile and the two backward GEMMs ``G·Z_c`` and ``Gᵀ·Z_r`` (``G`` = the
+    exp'd tile as a stand-in)."""
+    return _time_tiles(size, dim, device, dtype, block_size, _unavoidable, repeats)
 
 
 def measure_tile_matmuls(
     size: int, dim: int, device: str, dtype: str, block_size: int | None = None
 ) -> float:
-    """Seconds for the matmuls alone of the tiled engine's symmetric forward + backward.
-
-    The same tiles (:func:`raycl.losses.tiled.tile_grid`), block size (default: the device's)
-    and dtype: per tile ``Z_r·Z_cᵀ`` forward, then ``Z_r·Z_cᵀ`` again, ``G·Z_c`` and
-    ``Gᵀ·Z_r`` backward (a tile-shaped stand-in for G) — about two M×M×d GEMMs. Whatever else
-    the engine does comes on top, so this is its time limit. Warm-up: two blocks' tiles.
-    """
-    dev, dt = torch.device(device), getattr(torch, dtype)
-    block = block_size or default_block_size(dev)
-    z = torch.randn(size, dim, device=dev, dtype=dt)
-
-    def matmuls(tiles: list[tuple[int, int, int, int, bool]]) -> None:
-        for r0, r1, c0, c1, _ in tiles:
-            _ = z[r0:r1] @ z[c0:c1].T
-        for r0, r1, c0, c1, _ in tiles:
-            rows, cols = z[r0:r1], z[c0:c1]
-            grad = rows @ cols.T
-            _ = grad @ cols
-            _ = grad.T @ rows
-
-    warm = min(size, 2 * block)
-    matmuls(tile_grid(warm, warm, block, symmetric=True))
-    tiles = tile_grid(size, size, block, symmetric=True)
-    return best_time(lambda: matmuls(tiles), dev)
+    """Seconds for the matmuls alone of the tiled engine's symmetric forward + backward:
+    per tile ``Z_r·Z_cᵀ`` forward, then ``Z_r·Z_cᵀ`` again, ``G·Z_c`` and ``Gᵀ·Z_r`` backward
+    (a tile-shaped stand-in for G) — about two M×M×d GEMMs. Whatever else the engine does
+    comes on top, so this is its time limit."""
+    return _time_tiles(size, dim, device, dtype, block_size, _matmuls)
 
 
 def _in_fresh_process(kind: str, **kwargs: object) -> dict:

@@ -144,8 +144,9 @@ class CoordinateDescentSearcher(Searcher):
             measured more than once (none in round 1 when ``repeats`` is 1).
         rounds: descents; None: until ``max_trials`` (or Tune) stops the search.
         restart: where a new round's descent starts: ``"kick"`` (iterated local search: the
-            best point so far moved two initial steps along half the coordinates, drawn
-            from ``seed`` and the round; points keep ``repeats`` measurements) or
+            best warm-up point away from every optimum found so far, else the best point so
+            far moved two initial steps along half the coordinates, drawn from ``seed`` and
+            the round; points keep ``repeats`` measurements) or
             ``"incumbent"`` (the earlier CD: the incumbent, with one more ``repeats`` per
             point each round).
         warmup: lattice points spread over the space (a Latin hypercube on each coordinate's
@@ -402,8 +403,7 @@ class CoordinateDescentSearcher(Searcher):
         """Re-measure the ``final_checks`` best points so far, each once more on a fresh
         seed, best first; False when there is nothing to re-measure."""
         state = self._state
-        measured = [k for k, v in self._measurements.items() if v and None not in v.values()]
-        best = sorted(measured, key=self._score, reverse=True)[: self._final_checks]
+        best = sorted(self._measured(), key=self._score, reverse=True)[: self._final_checks]
         if not best:
             return False
         state.phase, state.confirming, state.batch = "final", None, []
@@ -753,10 +753,14 @@ class CoordinateDescentSearcher(Searcher):
         self._state.warmup = [p for k, p in keys.items() if k != best]
         return keys[best]
 
+    def _measured(self) -> list[PointKey]:
+        """The points measured so far whose trials all finished without an error."""
+        return [k for k, v in self._measurements.items() if v and None not in v.values()]
+
     def _best_key(self) -> PointKey | None:
         """The measured point with the best mean so far (errored points never); None when
         there is none."""
-        measured = [k for k, v in self._measurements.items() if v and None not in v.values()]
+        measured = self._measured()
         return max(measured, key=self._score) if measured else None
 
     def _best_point(self) -> dict[str, Any]:
