@@ -352,6 +352,7 @@ BAD_SHARD_TIMEOUT_S = 60  # the group's timeout: a hang would take this long
 def _one_bad_shard_worker(r: int, init_file: str, out_dir: str) -> None:
     """Rank 1's shard holds an anchor whose class has no other item anywhere (no positive);
     rank 0's shard is fine. Both ranks record what they raised and how long it took."""
+    import gc
     import time
 
     torch.set_num_threads(1)
@@ -368,6 +369,7 @@ def _one_bad_shard_worker(r: int, init_file: str, out_dir: str) -> None:
     except ValueError as err:
         outcome = str(err)
     seconds = time.perf_counter() - started
+    gc.collect()  # the raised error's frames hold gathered tensors: free them before the group
     dist.destroy_process_group()
     torch.save({"error": outcome, "seconds": seconds}, Path(out_dir) / f"rank{r}.pt")
 

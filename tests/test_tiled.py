@@ -4,13 +4,18 @@ sums, sparse positive pairs, explicit and autograd derivatives, half-precision i
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from raycl.losses import LOSSES, build_loss, flatten_batch
-from raycl.losses.structure import PairStructure
+from raycl.losses.engine import reduce_rows_tiled
+from raycl.losses.reductions import Affine, RowReduction, reduce_rows_materialised
+from raycl.losses.structure import COLUMN_SETS, PairStructure
 
 # Non-default hyper-parameters so that no term vanishes (e.g. k1 > 0, margins active).
 PARAMS = {
@@ -138,3 +143,39 @@ def test_random_batches(name, n_items, dim, block, n_classes, seed):
     if name == "margin" and n_classes == 1:
         labels = None  # one class has no negative pair
     assert_same(name, x, labels, block)
+
+
+@pytest.mark.parametrize("columns", COLUMN_SETS)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_each_method_on_each_column_set(columns, symmetric, normalize):
+    """The engine's three methods (pair list, affine closed form, tiles) on every column set,
+    a batch against itself and local rows against all columns, against the full matrix."""
+    x = make_views(seed=8, n_views=3, n_items=11, dim=5)
+    x[0, 3] *= 1e-14  # a norm below F.normalize's eps: the normalisation's other branch
+    z, cols = flatten_batch(x, torch.arange(11) % 3)
+    reductions = [
+        RowReduction(columns, "sum", Affine(1.7, -0.3)),
+        RowReduction(columns, "logsumexp", Affine(2.5)),
+        RowReduction(columns, "sum", torch.sin),
+        RowReduction(columns, "logsumexp", torch.cos),
+    ]
+    local = slice(0, 33) if symmetric else slice(4, 20)
+    rows = PairStructure(cols.ids[local], cols.index[local], cols.views[local])
+    weights = torch.linspace(0.5, 1.5, len(rows), dtype=torch.float64)
+    results = []
+    for tiled in (False, True):
+        cols_z = z.clone().requires_grad_(True)
+        rows_z = cols_z if symmetric else z[local].clone().requires_grad_(True)
+        rows_in = rows if not symmetric else cols
+        if tiled:
+            stats = reduce_rows_tiled(rows_z, cols_z, rows_in, cols, reductions, 4, normalize)
+        else:
+            unit = [F.normalize(t, dim=1) if normalize else t for t in (rows_z, cols_z)]
+            stats = reduce_rows_materialised(*unit, rows_in, cols, reductions)
+        values = torch.stack([s.value.masked_fill(s.value == -math.inf, 0) for s in stats])
+        inputs = (cols_z,) if symmetric else (rows_z, cols_z)
+        grads = torch.autograd.grad((values * weights).sum(), inputs)
+        results.append((values, *grads))
+    for tiled, materialised in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(tiled, materialised, rtol=1e-10, atol=1e-12)

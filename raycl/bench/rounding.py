@@ -75,7 +75,7 @@ def check_engines(
         for impl in ("materialised", "tiled")
     }
     z, structure = flatten_batch(x, labels)
-    z_hat = build_loss(family, **params)._prepare(z)  # the embeddings both engines multiply
+    z_hat = build_loss(family, **params)._normalised(z)  # the embeddings both engines multiply
     reference = _Reference(family, params, z, z_hat, structure)
     exact = reference.evaluate()
     bounds = reference.bounds(exact, UNIT_ROUNDOFF[dt], seed)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from raycl.losses.aggregation import Aggregation, TermSum, aggregate
+from raycl.losses.engine import reduce_rows_tiled
 from raycl.losses.reductions import (
     RowReduction,
     RowStat,
@@ -25,7 +26,6 @@ from raycl.losses.reductions import (
     reduce_rows_materialised,
 )
 from raycl.losses.structure import ColumnSet, PairStructure, column_counts, flatten_batch
-from raycl.losses.tiled import reduce_rows_tiled
 
 Impl = Literal["auto", "materialised", "tiled"]
 IMPLS: tuple[Impl, ...] = ("auto", "materialised", "tiled")
@@ -111,8 +111,7 @@ class ContrastiveLoss(nn.Module, ABC):
         global batch, and ``reduce_counts`` all-reduces element counts so that every
         aggregation normalises by global counts.
         """
-        rows_z = self._prepare(rows_z)
-        cols_z, cols = (rows_z, rows) if cols_z is None else (self._prepare(cols_z), cols)
+        cols_z, cols = (rows_z, rows) if cols_z is None else (cols_z, cols)
         stats = self._reduce_rows(rows_z, cols_z, rows, cols)
         pos, ent = self.term_sums(stats, rows, cols)
         if reduce_counts is not None:
@@ -154,13 +153,16 @@ class ContrastiveLoss(nn.Module, ABC):
         tiled = self.impl == "tiled" or (
             self.impl == "auto" and len(rows) * len(cols) > AUTO_TILE_ENTRIES
         )
-        if tiled:
+        if tiled:  # normalises inside, at its memory floor
             return reduce_rows_tiled(
                 rows_z, cols_z, rows, cols, self.reductions(), self.block_size, self.normalize
             )
+        symmetric = cols_z is rows_z
+        rows_z = self._normalised(rows_z)
+        cols_z = rows_z if symmetric else self._normalised(cols_z)
         return reduce_rows_materialised(rows_z, cols_z, rows, cols, self.reductions())
 
-    def _prepare(self, z: Tensor) -> Tensor:
+    def _normalised(self, z: Tensor) -> Tensor:
         # Normalise in fp32 (fp32 accumulation for bf16/fp16 inputs); similarities are then
         # computed in the input dtype and reduced in fp32 by the engines.
         return F.normalize(accumulation(z), dim=-1).to(z.dtype) if self.normalize else z

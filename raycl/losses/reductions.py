@@ -9,7 +9,7 @@ similarity matrix ``S = Z_rows · Z_colsᵀ``:
 with ``f`` an elementwise map and ``C(i)`` one of the column sets of
 :mod:`raycl.losses.structure`. Two engines evaluate them and agree to rounding:
 :func:`reduce_rows_materialised` (the whole matrix at once, simple and fast for small batches)
-and :mod:`raycl.losses.tiled` (blockwise, memory O(M·d)).
+and :mod:`raycl.losses.engine` (blockwise, memory O(M·d)).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
-from raycl.losses.structure import ColumnSet, PairStructure, column_counts, column_mask
+from raycl.losses.structure import ColumnSet, PairStructure, column_mask
 
 ReductionKind = Literal["logsumexp", "sum"]
 
@@ -105,69 +105,3 @@ def _reduce(sim: Tensor, mask: Tensor, reduction: RowReduction) -> RowStat:
     if not bool(nonempty.all()):
         logits = logits.where(nonempty[:, None], 0.0)
     return RowStat(torch.logsumexp(logits, 1).masked_fill(~nonempty, float("-inf")), None)
-
-
-def affine_row_sums(
-    rows_z: Tensor,
-    cols_z: Tensor,
-    rows: PairStructure,
-    cols: PairStructure,
-    reduction: RowReduction,
-) -> RowStat:
-    """Σ_{j∈C(i)} (a·s_ij + b) = a · z_i·(Σ_{j∈C(i)} z_j) + b·|C(i)| in O(M·d), no tiles.
-
-    Column-set sums come from per-id / per-view sums of the columns minus the row's own
-    column (``cols.index`` must be ``arange``: column k is global row k).
-    """
-    fn = reduction.fn
-    assert isinstance(fn, Affine)
-    z = accumulation(cols_z)
-    own = z[rows.index]
-    which = reduction.columns
-    if which == "others":
-        column_sums = z.sum(0, keepdim=True) - own
-    else:
-        key, row_key = (cols.views, rows.views) if which == "same_view" else (cols.ids, rows.ids)
-        if key is None or row_key is None:
-            raise ValueError("this loss needs view structure: pass embeddings as (V, N, d)")
-        unique, inverse = torch.unique(key, return_inverse=True)
-        group_sums = z.new_zeros(len(unique), z.shape[1]).index_add(0, inverse, z)
-        same_key = group_sums[torch.searchsorted(unique, row_key)]
-        column_sums = z.sum(0, keepdim=True) - same_key if which == "negatives" else same_key - own
-    value = fn.scale * (accumulation(rows_z) * column_sums).sum(1)
-    if fn.shift:
-        value = value + fn.shift * column_counts(rows, cols, which).to(value.dtype)
-    return RowStat(value, None)
-
-
-def positive_pairs(rows: PairStructure, cols: PairStructure) -> tuple[Tensor, Tensor]:
-    """Every (row, column) positive pair as two index vectors, in O(#pairs + M log M)."""
-    sorted_ids, order = torch.sort(cols.ids)
-    start = torch.searchsorted(sorted_ids, rows.ids)
-    counts = torch.searchsorted(sorted_ids, rows.ids, right=True) - start
-    row_idx = torch.repeat_interleave(torch.arange(len(rows), device=counts.device), counts)
-    first = torch.cumsum(counts, 0) - counts
-    offset = torch.arange(row_idx.numel(), device=counts.device) - first[row_idx]
-    col_idx = order[start[row_idx] + offset]
-    not_self = cols.index[col_idx] != rows.index[row_idx]
-    return row_idx[not_self], col_idx[not_self]
-
-
-def reduce_pairs(
-    rows_z: Tensor, cols_z: Tensor, pairs: tuple[Tensor, Tensor], reduction: RowReduction
-) -> RowStat:
-    """A reduction over an explicit list of (row, column) pairs (sparse positives)."""
-    row_idx, col_idx = pairs
-    sim = (accumulation(rows_z[row_idx]) * accumulation(cols_z[col_idx])).sum(1)
-    values = reduction.fn(sim)
-    out = values.new_zeros(len(rows_z))
-    if reduction.kind == "sum":
-        nonzero = row_idx.new_zeros(len(rows_z)).index_add(0, row_idx, (values != 0).long())
-        return RowStat(out.index_add(0, row_idx, values), nonzero)
-    # log Σ exp with a detached per-row max shift (the shift cancels: gradients stay exact)
-    shift = torch.full_like(out, float("-inf")).scatter_reduce(
-        0, row_idx, values.detach(), "amax", include_self=True
-    )
-    safe_shift = shift.masked_fill(shift == float("-inf"), 0.0)
-    total = out.index_add(0, row_idx, torch.exp(values - safe_shift[row_idx]))
-    return RowStat(safe_shift + total.log(), None)

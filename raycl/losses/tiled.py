@@ -1,4 +1,4 @@
-"""Exact blockwise evaluation of row reductions, never holding the similarity matrix.
+"""The similarity tiles of the tiled engine: reductions that need every entry of ``S``.
 
 The forward pass walks ``(row block, column block)`` tiles of ``S = Z_rows · Z_colsᵀ`` and keeps
 only per-row state: a running sum, or an online log-sum-exp (running max ``m`` and rescaled
@@ -7,7 +7,9 @@ sum ``a ← a·e^{m−m'} + Σ_j e^{v_j−m'}``). The backward pass recomputes e
 
     logsumexp:  ∂L/∂s_ij = g_i · exp(f(s_ij) − r_i) · f'(s_ij)      sum:  ∂L/∂s_ij = g_i · f'(s_ij)
 
-then ``∂L/∂Z_rows += G·Z_cols`` and ``∂L/∂Z_cols += Gᵀ·Z_rows``. Memory is O(M·d + block²).
+then ``∂L/∂Z_rows += G·Z_cols`` and ``∂L/∂Z_cols += Gᵀ·Z_rows``, added straight into the
+engine's gradient buffers (:mod:`raycl.losses.engine`). Memory: O(M) per-row state and a few
+block² tiles; the embeddings are read, never copied.
 
 Fast paths, all exact:
 
@@ -17,8 +19,6 @@ Fast paths, all exact:
 * ``logsumexp`` of an :class:`Affine` map of unit-norm embeddings → a fixed shift
   ``c = max f`` replaces the running max (no overflow, no underflow while the range of f is
   ≤ 80), one ``exp`` per entry serves rows and columns, and f' is the constant ``a``;
-* ``sum`` of an :class:`Affine` map → a closed form in O(M·d) (:func:`affine_row_sums`);
-* positives that are few (self-supervised views) → an explicit pair list (:func:`reduce_pairs`);
 * ``sum`` of a map that knows its derivative (:class:`Hinge`) → no autograd on the tile.
 
 Other maps get f' from autograd on the tile.
@@ -31,65 +31,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from raycl.losses.reductions import (
-    Affine,
-    RowReduction,
-    RowStat,
-    accumulation,
-    affine_row_sums,
-    positive_pairs,
-    reduce_pairs,
-)
-from raycl.losses.structure import PairStructure, column_counts
+from raycl.losses.reductions import Affine, RowReduction, RowStat, accumulation
+from raycl.losses.structure import PairStructure
 
 NEG_INF = float("-inf")
 # A fixed log-sum-exp shift is exact while exp(f − c) stays a normal fp32 number for every f.
 FIXED_SHIFT_MAX_RANGE = 80.0
-# Positives are reduced from an explicit pair list when there are at most this many per row.
-SPARSE_POSITIVES_PER_ROW = 64
 
 
 def default_block_size(device: torch.device) -> int:
     """Tile edge: large enough to keep GEMMs efficient, small enough to stay in cache/memory."""
     return 8192 if device.type == "cuda" else 1024
-
-
-def reduce_rows_tiled(
-    rows_z: Tensor,
-    cols_z: Tensor,
-    rows: PairStructure,
-    cols: PairStructure,
-    reductions: list[RowReduction],
-    block_size: int | None = None,
-    unit_norm: bool = False,
-) -> list[RowStat]:
-    """Blockwise twin of :func:`raycl.losses.reductions.reduce_rows_materialised`.
-
-    ``unit_norm`` promises that every embedding has norm 1 (enables the fixed-shift path).
-    """
-    block = block_size or default_block_size(rows_z.device)
-    if block < 1:
-        raise ValueError(f"block_size must be >= 1, got {block}")
-    results: list[RowStat | None] = [None] * len(reductions)
-    pairs = None
-    on_tiles = []
-    for k, reduction in enumerate(reductions):
-        if reduction.kind == "sum" and isinstance(reduction.fn, Affine):
-            results[k] = affine_row_sums(rows_z, cols_z, rows, cols, reduction)
-        elif reduction.columns == "positives" and _few_positives(rows, cols):
-            pairs = positive_pairs(rows, cols) if pairs is None else pairs
-            results[k] = reduce_pairs(rows_z, cols_z, pairs, reduction)
-        else:
-            on_tiles.append(k)
-    if on_tiles:
-        symmetric = cols_z is rows_z and cols is rows
-        plan = _Plan(rows, cols, [reductions[k] for k in on_tiles], block, symmetric, unit_norm)
-        inputs = (rows_z,) if symmetric else (rows_z, cols_z)
-        outputs = _TiledReductions.apply(plan, *inputs)
-        nonzeros = iter(outputs[len(on_tiles) :])
-        for k, value in zip(on_tiles, outputs, strict=False):
-            results[k] = RowStat(value, next(nonzeros) if reductions[k].kind == "sum" else None)
-    return results  # type: ignore[return-value]
 
 
 def tile_grid(
@@ -109,13 +61,10 @@ def tile_grid(
     return tiles
 
 
-def _few_positives(rows: PairStructure, cols: PairStructure) -> bool:
-    total = int(column_counts(rows, cols, "positives").sum())
-    return total <= SPARSE_POSITIVES_PER_ROW * len(rows)
-
-
 @dataclass
-class _Plan:
+class TilePlan:
+    """The tile reductions of one batch: their rows, columns, tile edge and fast paths."""
+
     rows: PairStructure
     cols: PairStructure
     reductions: list[RowReduction]
@@ -222,30 +171,32 @@ def _add_reduced(target: Tensor, values: Tensor, r0: int, c0: int, mirrored: boo
         target[c0 : c0 + values.shape[1]] += values.sum(0)
 
 
-class _TiledReductions(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, plan: _Plan, rows_z: Tensor, cols_z: Tensor | None = None):
-        cols_z = rows_z if cols_z is None else cols_z
+class TileReductions:
+    """The reductions that need the similarity tiles, walked block by block (module doc)."""
+
+    def __init__(self, plan: TilePlan) -> None:
+        self.plan = plan
+        self.shifts = [plan.fixed_shift(r) for r in plan.reductions]
+        self.results: list[Tensor] = []
+
+    def forward(self, rows_z: Tensor, cols_z: Tensor) -> list[RowStat]:
+        plan, shifts = self.plan, self.shifts
         acc_dtype = torch.promote_types(rows_z.dtype, torch.float32)
         zeros = torch.zeros(len(plan.rows), dtype=acc_dtype, device=rows_z.device)
-        shifts = [plan.fixed_shift(r) for r in plan.reductions]
         online = [
             _OnlineLogSumExp(zeros) if r.kind == "logsumexp" and c is None else None
             for r, c in zip(plan.reductions, shifts, strict=True)
         ]
         sums = [zeros.clone() for _ in plan.reductions]
-        nonzeros = [zeros.clone() for r in plan.reductions if r.kind == "sum"]
+        nonzeros = [zeros.clone() if r.kind == "sum" else None for r in plan.reductions]
         for r0, r1, c0, c1, mirrored in plan.tiles():
             masks = plan.masks(r0, r1, c0, c1)
             if all(m is False for m in masks.values()):
                 continue  # no column of this tile counts for any reduction
             sim = accumulation(rows_z[r0:r1] @ cols_z[c0:c1].T)
-            nonzero = iter(nonzeros)
             for k, reduction in enumerate(plan.reductions):
                 mask = masks[reduction.columns]
                 if mask is False:
-                    if reduction.kind == "sum":
-                        next(nonzero)
                     continue
                 if shifts[k] is not None:
                     _add_reduced(
@@ -259,26 +210,25 @@ class _TiledReductions(torch.autograd.Function):
                         online[k].update(c0, values, dim=0)
                     continue
                 _add_reduced(sums[k], values, r0, c0, mirrored)
-                _add_reduced(next(nonzero), (values != 0).to(acc_dtype), r0, c0, mirrored)
-        results = [
+                _add_reduced(nonzeros[k], (values != 0).to(acc_dtype), r0, c0, mirrored)
+        self.results = [
             lse.result() if lse is not None else (s.log() + c if c is not None else s)
             for lse, s, c in zip(online, sums, shifts, strict=True)
         ]
-        counts = [n.long() for n in nonzeros]
-        ctx.plan, ctx.shifts = plan, shifts
-        ctx.save_for_backward(rows_z, cols_z, *results)
-        ctx.mark_non_differentiable(*counts)
-        return (*results, *counts)
+        return [
+            RowStat(value, None if n is None else n.long())
+            for value, n in zip(self.results, nonzeros, strict=True)
+        ]
 
-    @staticmethod
-    def backward(ctx, *grads: Tensor):
-        plan: _Plan = ctx.plan
-        shifts: list[float | None] = ctx.shifts
-        rows_z, cols_z, *results = ctx.saved_tensors
-        grads = grads[: len(plan.reductions)]
-        acc_dtype = results[0].dtype
-        grad_rows = torch.zeros(rows_z.shape, dtype=acc_dtype, device=rows_z.device)
-        grad_cols = grad_rows if plan.symmetric else grad_rows.new_zeros(cols_z.shape)
+    def backward(
+        self,
+        rows_z: Tensor,
+        cols_z: Tensor,
+        grads: list[Tensor],
+        grad_rows: Tensor,
+        grad_cols: Tensor,
+    ) -> None:
+        plan, shifts, results = self.plan, self.shifts, self.results
         # Per-row weights of the fixed-shift path: ∂L/∂s_ij = exp(f − c) · a·g_i·e^{c − r_i}.
         row_weights = [
             None
@@ -332,13 +282,10 @@ class _TiledReductions(torch.autograd.Function):
             grad_sim = grad_sim.to(rows_z.dtype)
             grad_rows[r0:r1] += grad_sim @ z_c
             grad_cols[c0:c1] += grad_sim.T @ z_r
-        if plan.symmetric:
-            return None, grad_rows.to(rows_z.dtype)
-        return None, grad_rows.to(rows_z.dtype), grad_cols.to(cols_z.dtype)
 
 
 def _surrogate(
-    plan: _Plan,
+    plan: TilePlan,
     k: int,
     sim: Tensor,
     masks: dict[str, Tensor | bool | None],
