@@ -1,16 +1,21 @@
-"""``raycl bench loss``: tiled vs materialised losses, and tiled vs the GEMM limit.
+"""``raycl bench loss``: tiled vs materialised losses, and tiled vs its time limits.
 
 For every loss family and batch size M (d-dimensional embeddings, forward + backward) it
-measures, each size in its own fresh process so peak memory is per size:
+measures, each in its own fresh process (time and peak memory in separate ones: a CPU peak is
+measured under :data:`raycl.bench.measure.PEAK_ENV`, which slows the process):
 
 * the materialised engine (the baseline; skipped where the M×M matrices would not fit),
 * the tiled engine,
-* the time of the three M×M×d GEMMs that any exact forward + backward must do
-  (S = Z·Zᵀ, G·Z, Gᵀ·Z; computed blockwise so they fit in memory),
+* two limits on the same symmetric tiles: the *limit*, per tile one forward GEMM, one ``exp``
+  and the two backward GEMMs — and the *floor*, the limit plus the backward's recomputation
+  of the tile (one more GEMM and ``exp``), which an exact method that keeps O(M·d) memory
+  cannot skip: every entry's gradient weight ``exp(s_ij/τ − r_j)`` needs the column's
+  log-sum-exp ``r_j``, known only once the forward has seen every tile,
 
-and prints speed ratios against the baseline and the GEMM time measured in the same run.
-:func:`measure_tile_matmuls` times the matmuls the tiled engine itself does (its limit; used
-by ``raycl.bench.gpu``).
+and prints speed ratios against the baseline and the limits measured in the same run.
+:func:`measure_engine_memory` measures each family's peak bytes per embedding (the engine's
+O(M·d) state), :func:`measure_tile_matmuls` the tiled engine's matmuls alone (the limit of
+``raycl.bench.gpu``).
 """
 
 from __future__ import annotations
@@ -19,10 +24,12 @@ import argparse
 import os
 from collections.abc import Callable
 from datetime import date
+from functools import partial
 
 import torch
 
 from raycl.bench.measure import (
+    PEAK_ENV,
     available_bytes,
     best_time,
     cpu_model,
@@ -31,7 +38,7 @@ from raycl.bench.measure import (
     publish,
     serve_worker,
 )
-from raycl.losses import LOSSES, build_loss
+from raycl.losses import LOSSES, ContrastiveLoss, build_loss
 from raycl.losses.tiled import default_block_size, tile_grid
 
 FAMILIES = tuple(LOSSES)
@@ -50,6 +57,16 @@ def _labels(num_items: int, device: torch.device) -> torch.Tensor:
     return torch.arange(num_items, device=device) % 100
 
 
+def _training_step(loss: ContrastiveLoss) -> Callable[[torch.Tensor], None]:
+    """Forward + backward of ``loss`` on views (SupCon with 100 classes of labels)."""
+
+    def step(x: torch.Tensor) -> None:
+        labels = _labels(x.shape[1], x.device) if loss.name == "supcon" else None
+        loss(x, labels).total.backward()
+
+    return step
+
+
 def measure_loss(
     family: str,
     impl: str,
@@ -64,12 +81,7 @@ def measure_loss(
     on CUDA the allocator's peak is exact in-process). ``warmup``: rows of the untimed first
     batch (allocator, kernels; on CUDA, two tiles' worth loads the tiles' kernels)."""
     dev, dt = torch.device(device), getattr(torch, dtype)
-    loss = build_loss(family, impl=impl)
-
-    def step(x: torch.Tensor) -> None:
-        labels = _labels(x.shape[1], dev) if loss.name == "supcon" else None
-        loss(x, labels).total.backward()
-
+    step = _training_step(build_loss(family, impl=impl))
     step(_views(warmup, dim, dev, dt))  # warm-up (allocator, kernels)
     x = _views(size, dim, dev, dt)
     timing: dict[str, float] = {}
@@ -112,6 +124,12 @@ def _unavoidable(z: torch.Tensor, tiles: list[Tile]) -> None:
         _ = grad.T @ rows
 
 
+def _recomputed(z: torch.Tensor, tiles: list[Tile]) -> None:
+    for r0, r1, c0, c1, _ in tiles:
+        (z[r0:r1] @ z[c0:c1].T).exp_()
+    _unavoidable(z, tiles)
+
+
 def _matmuls(z: torch.Tensor, tiles: list[Tile]) -> None:
     for r0, r1, c0, c1, _ in tiles:
         _ = z[r0:r1] @ z[c0:c1].T
@@ -132,6 +150,40 @@ def measure_limit(
     return _time_tiles(size, dim, device, dtype, block_size, _unavoidable, repeats)
 
 
+def measure_floor(
+    size: int, dim: int, device: str, dtype: str, repeats: int = 1, block_size: int | None = None
+) -> float:
+    """Seconds for :func:`measure_limit`'s work plus, per tile, the forward GEMM and ``exp``
+    again (the backward's recomputation): an exact O(M·d)-memory method's floor."""
+    return _time_tiles(size, dim, device, dtype, block_size, _recomputed, repeats)
+
+
+def measure_engine_memory(
+    families: list[str], sizes: list[int], dim: int, block_size: int | None = None
+) -> dict:
+    """Peak bytes above the inputs of one tiled forward + backward (float32, CPU) for every
+    family and size, in this process (start it with :data:`PEAK_ENV`): ``{family: {M: bytes}}``.
+    The slope between two sizes is the engine's bytes per embedding; the tiles' block² buffers
+    are the same at every size and drop out."""
+    peaks: dict[str, dict[int, int]] = {}
+    for family in families:
+        step = _training_step(build_loss(family, impl="tiled", block_size=block_size))
+        peaks[family] = {}
+        for size in sizes:
+            x = _views(size, dim, torch.device("cpu"), torch.float32)
+            step(x)  # warm-up at this size: thread pools, kernels' workspaces
+            x.grad = None
+            peaks[family][size] = peak_memory(partial(step, x), torch.device("cpu"))
+            del x
+    return peaks
+
+
+def bytes_per_embedding(peaks: dict[int, int]) -> float:
+    """The slope of peak bytes against M between the smallest and largest size."""
+    small, large = min(peaks), max(peaks)
+    return (peaks[large] - peaks[small]) / (large - small)
+
+
 def measure_tile_matmuls(
     size: int, dim: int, device: str, dtype: str, block_size: int | None = None
 ) -> float:
@@ -142,8 +194,18 @@ def measure_tile_matmuls(
     return _time_tiles(size, dim, device, dtype, block_size, _matmuls)
 
 
-def _in_fresh_process(kind: str, **kwargs: object) -> dict:
-    return in_fresh_process("raycl.bench.loss", kind, **kwargs)
+def _in_fresh_process(kind: str, env: dict[str, str] | None = None, **kwargs: object) -> dict:
+    return in_fresh_process("raycl.bench.loss", kind, env=env, **kwargs)
+
+
+def _measured(family: str, impl: str, size: int, common: dict) -> dict:
+    """Seconds (best of the repeats) from one fresh process, peak bytes from another."""
+    timed = _in_fresh_process("loss", family=family, impl=impl, size=size, **common)
+    if "error" in timed or common["device"] != "cpu":
+        return timed
+    single = {**common, "repeats": 1}
+    peak = _in_fresh_process("loss", PEAK_ENV, family=family, impl=impl, size=size, **single)
+    return {**timed, "peak_bytes": peak.get("peak_bytes")}
 
 
 def _fits(size: int, device: str) -> bool:
@@ -159,23 +221,24 @@ def run(args: argparse.Namespace) -> list[dict]:
 
     rows = []
     common = {"dim": args.dim, "device": args.device, "dtype": args.dtype, "repeats": args.repeats}
-    limit = {}
+    limits: dict[int, dict] = {}
     jobs = [(f, m) for f in args.families for m in args.sizes]
     for family, size in track(jobs, description="bench loss"):
-        if size not in limit:
-            limit[size] = (
-                _in_fresh_process("limit", size=size, **common)["seconds"] if args.limit else None
-            )
+        if size not in limits:
+            limits[size] = {
+                kind: _in_fresh_process(kind, size=size, **common)["seconds"]
+                if args.limit
+                else None
+                for kind in ("limit", "floor")
+            }
         # every side is timed alike: the best of --repeats runs, in a fresh process
-        tiled = _in_fresh_process("loss", family=family, impl="tiled", size=size, **common)
+        tiled = _measured(family, "tiled", size, common)
         base = (
-            _in_fresh_process("loss", family=family, impl="materialised", size=size, **common)
+            _measured(family, "materialised", size, common)
             if size <= args.max_baseline and _fits(size, args.device)
             else {"error": "skipped: would not fit"}
         )
-        rows.append(
-            {"family": family, "M": size, "limit": limit[size], "tiled": tiled, "base": base}
-        )
+        rows.append({"family": family, "M": size, **limits[size], "tiled": tiled, "base": base})
     return rows
 
 
@@ -190,9 +253,12 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
         f"{os.cpu_count()} cores, torch threads {torch.get_num_threads()}; device {args.device}; "
         f"dtype {args.dtype}; d = {args.dim}; forward + backward; peak memory above the "
         "process baseline, measured per size in a fresh process. Every time is the best of "
-        f"{args.repeats} runs, every side alike. Limit: for every upper-triangle tile the "
-        "tiled engine visits, one forward GEMM, one exp over the tile and two backward GEMMs "
-        "(the work the exact symmetric algorithm cannot avoid).",
+        f"{args.repeats} runs, every side alike; each peak is one more step in its own process "
+        "(CPU: glibc's mmap threshold fixed, so the resident set follows the live tensors). "
+        "Limit: for every upper-triangle tile the tiled engine visits, one forward GEMM, one "
+        "exp over the tile and two backward GEMMs. Floor: the limit plus the backward's "
+        "recomputation of each tile (one GEMM and one exp), which an exact method holding "
+        "O(M·d) memory cannot skip.",
         "",
     ]
     for family in args.families:
@@ -200,19 +266,23 @@ def table(rows: list[dict], args: argparse.Namespace) -> str:
             f"### {family}",
             "",
             "| M | materialised s | tiled s | speed-up | materialised peak GB | tiled peak GB "
-            "| limit s | tiled / limit |",
-            "|---|---|---|---|---|---|---|---|",
+            "| limit s | tiled / limit | floor s | tiled / floor |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in (r for r in rows if r["family"] == family):
             tiled, base = row["tiled"], row["base"]
             if "error" in tiled:
-                lines.append(f"| {row['M']} | | error: {tiled['error']} | | | | | |")
+                lines.append(f"| {row['M']} | | error: {tiled['error']} | | | | | | | |")
                 continue
             base_s = f"{base['seconds']:.2f}" if "seconds" in base else base["error"]
             speedup = f"{base['seconds'] / tiled['seconds']:.2f}×" if "seconds" in base else ""
             base_mem = _gb(base["peak_bytes"]) if "peak_bytes" in base else ""
-            limit = row["limit"]
-            limit_cells = f"{limit:.2f} | {tiled['seconds'] / limit:.2f}" if limit else "not run | "
+            limit_cells = " | ".join(
+                f"{row[kind]:.2f} | {tiled['seconds'] / row[kind]:.2f}"
+                if row[kind]
+                else "not run | "
+                for kind in ("limit", "floor")
+            )
             lines.append(
                 f"| {row['M']:,} | {base_s} | {tiled['seconds']:.2f} | {speedup} | {base_mem} "
                 f"| {_gb(tiled['peak_bytes'])} | {limit_cells} |"
@@ -228,4 +298,11 @@ def main(args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    serve_worker({"limit": lambda **p: {"seconds": measure_limit(**p)}, "loss": measure_loss})
+    serve_worker(
+        {
+            "limit": lambda **p: {"seconds": measure_limit(**p)},
+            "floor": lambda **p: {"seconds": measure_floor(**p)},
+            "loss": measure_loss,
+            "engine_memory": lambda **p: {"peaks": measure_engine_memory(**p)},
+        }
+    )

@@ -136,11 +136,24 @@ def _apply(reduction: RowReduction, sim: Tensor, mask: Tensor | None) -> Tensor:
     return values.masked_fill(~mask, NEG_INF if reduction.kind == "logsumexp" else 0.0)
 
 
-def _shifted_exp(reduction: RowReduction, sim: Tensor, mask: Tensor | None, shift: float) -> Tensor:
-    """exp(f(s) − c) on a tile for an Affine f, 0 outside the column set."""
+def _shifted_exp(
+    reduction: RowReduction,
+    sim: Tensor | None,
+    mask: Tensor | None,
+    shift: float,
+    z_r: Tensor,
+    z_c: Tensor,
+) -> Tensor:
+    """exp(f(s) − c) on a tile for an Affine f, 0 outside the column set: from ``sim`` when the
+    tile's similarities are at hand, else with f fused into the GEMM (one pass over the tile
+    fewer, and no similarity tile)."""
     fn = reduction.fn
     assert isinstance(fn, Affine)
-    out = sim.mul(fn.scale).add_(fn.shift - shift).exp_()
+    if sim is None:
+        out = torch.addmm(z_r.new_full((1, 1), fn.shift - shift), z_r, z_c.T, alpha=fn.scale)
+    else:
+        out = sim.mul(fn.scale).add_(fn.shift - shift)
+    out.exp_()
     return out if mask is None else out.masked_fill_(~mask, 0.0)
 
 
@@ -189,20 +202,22 @@ class TileReductions:
         ]
         sums = [zeros.clone() for _ in plan.reductions]
         nonzeros = [zeros.clone() if r.kind == "sum" else None for r in plan.reductions]
+        fused = self._fused(rows_z)
         for r0, r1, c0, c1, mirrored in plan.tiles():
             masks = plan.masks(r0, r1, c0, c1)
             if all(m is False for m in masks.values()):
                 continue  # no column of this tile counts for any reduction
-            sim = accumulation(rows_z[r0:r1] @ cols_z[c0:c1].T)
+            z_r, z_c = rows_z[r0:r1], cols_z[c0:c1]
+            sim = None if fused else accumulation(z_r @ z_c.T)
             for k, reduction in enumerate(plan.reductions):
                 mask = masks[reduction.columns]
                 if mask is False:
                     continue
                 if shifts[k] is not None:
-                    _add_reduced(
-                        sums[k], _shifted_exp(reduction, sim, mask, shifts[k]), r0, c0, mirrored
-                    )
+                    tile = _shifted_exp(reduction, sim, mask, shifts[k], z_r, z_c)
+                    _add_reduced(sums[k], tile, r0, c0, mirrored)
                     continue
+                assert sim is not None
                 values = _apply(reduction, sim, mask)
                 if online[k] is not None:
                     online[k].update(r0, values, dim=1)
@@ -220,6 +235,12 @@ class TileReductions:
             for value, n in zip(self.results, nonzeros, strict=True)
         ]
 
+    def _fused(self, z: Tensor) -> bool:
+        """Whether the one reduction on tiles is a fixed-shift log-sum-exp whose map can be
+        fused into the GEMM (full-precision embeddings: the GEMM's output is the tile)."""
+        single = len(self.shifts) == 1 and self.shifts[0] is not None
+        return single and z.dtype in (torch.float32, torch.float64)
+
     def backward(
         self,
         rows_z: Tensor,
@@ -229,6 +250,7 @@ class TileReductions:
         grad_cols: Tensor,
     ) -> None:
         plan, shifts, results = self.plan, self.shifts, self.results
+        fused = self._fused(rows_z)
         # Per-row weights of the fixed-shift path: ∂L/∂s_ij = exp(f − c) · a·g_i·e^{c − r_i}.
         row_weights = [
             None
@@ -251,16 +273,17 @@ class TileReductions:
             if not active:
                 continue
             z_r, z_c = rows_z[r0:r1], cols_z[c0:c1]
-            sim = accumulation(z_r @ z_c.T)
-            grad_sim = torch.zeros_like(sim)
+            sim = None if fused else accumulation(z_r @ z_c.T)
+            parts = []  # each active reduction's share of ∂L/∂S on this tile
             for k, weights in enumerate(row_weights):
                 if weights is not None and k in active:
                     reduction = plan.reductions[k]
-                    tile = _shifted_exp(reduction, sim, masks[reduction.columns], shifts[k])
+                    mask = masks[reduction.columns]
+                    tile = _shifted_exp(reduction, sim, mask, shifts[k], z_r, z_c)
                     coefficient = weights[r0:r1, None]
                     if mirrored:
                         coefficient = coefficient + weights[None, c0:c1]
-                    grad_sim += tile.mul_(coefficient)
+                    parts.append(tile.mul_(coefficient))
             for k in active.intersection(explicit):
                 reduction = plan.reductions[k]
                 mask = masks[reduction.columns]
@@ -268,8 +291,8 @@ class TileReductions:
                 weights = grads[k][r0:r1, None]
                 if mirrored:
                     weights = weights + grads[k][None, c0:c1]
-                grad_sim += (slope if mask is None else slope.masked_fill_(~mask, 0.0)).mul_(
-                    weights
+                parts.append(
+                    (slope if mask is None else slope.masked_fill_(~mask, 0.0)).mul_(weights)
                 )
             if active.intersection(generic):
                 with torch.enable_grad():
@@ -278,10 +301,17 @@ class TileReductions:
                         _surrogate(plan, k, leaf, masks, grads[k], row_shifts[k], r0, c0, mirrored)
                         for k in active.intersection(generic)
                     )
-                    grad_sim += torch.autograd.grad(surrogate, leaf)[0]
+                    parts.append(torch.autograd.grad(surrogate, leaf)[0])
+            grad_sim = parts[0]
+            for part in parts[1:]:
+                grad_sim += part
             grad_sim = grad_sim.to(rows_z.dtype)
-            grad_rows[r0:r1] += grad_sim @ z_c
-            grad_cols[c0:c1] += grad_sim.T @ z_r
+            if grad_rows.dtype == grad_sim.dtype:  # accumulate in place, no product tensor
+                grad_rows[r0:r1].addmm_(grad_sim, z_c)
+                grad_cols[c0:c1].addmm_(grad_sim.T, z_r)
+            else:
+                grad_rows[r0:r1] += grad_sim @ z_c
+                grad_cols[c0:c1] += grad_sim.T @ z_r
 
 
 def _surrogate(
