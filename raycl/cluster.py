@@ -101,3 +101,12 @@ def process_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def cpus_per_actor(actors: int, node_cpus: list[float]) -> int:
+    """CPUs for each of ``actors`` equal actors on nodes with ``node_cpus``: the cluster's
+    CPUs shared evenly, but no more than the smallest node holds (an actor runs on one node)
+    and at least one. One actor on a CPU-only node takes the whole node."""
+    if not node_cpus:
+        return 1
+    return max(1, min(int(sum(node_cpus)) // max(actors, 1), int(min(node_cpus))))

@@ -6,9 +6,11 @@ pool of ``cluster.num_workers`` Ray actors with Ray Data (``cluster.*`` of this 
 never the run's): ``from_numpy`` of the item indices, then ``map_batches`` (``eval.batch_size``
 items a batch) over the actor pool (:class:`EmbedItems`: each actor opens the split and loads
 the encoder once, then reads, transforms and embeds batch after batch; one GPU each with
-``cluster.use_gpu``). Reading sits in the same actor as the encoder rather than in separate
-CPU tasks: on a CPU cluster they share the cores anyway, and a read task could wait forever
-for a CPU that the actors hold.
+``cluster.use_gpu``). Each actor holds ``cluster.cpus_per_worker`` CPUs when the command line
+sets it, else an even share of the cluster's CPUs (no more than a node has: one actor on a
+CPU-only node takes all its cores), and runs a torch thread on each. Reading sits in the same
+actor as the encoder rather than in separate CPU tasks: on a CPU cluster they share the cores
+anyway, and a read task could wait forever for a CPU that the actors hold.
 The driver streams the batches in index order into one Parquet file, written under a
 temporary name and renamed when complete. ``cluster.num_workers=0`` embeds in this process,
 without Ray (the same reads, the same encoder).
@@ -74,6 +76,7 @@ class EmbedPlan:
     workers: int
     address: str | None = None
     use_gpu: bool = False
+    cpus_per_worker: float | None = None  # None: the cluster's CPUs shared by the actors
 
 
 class EmbedItems:
@@ -82,7 +85,9 @@ class EmbedItems:
     def __init__(self, request: EmbedRequest, device: str = "cpu") -> None:
         from raycl.data import GuardedDataset
         from raycl.encoder import load_encoder
+        from raycl.session import use_assigned_cpus
 
+        self.threads = use_assigned_cpus()
         self.request = request
         self.device = torch.device(device)
         model, _, _ = load_encoder(request.checkpoint, with_head=True)
@@ -160,7 +165,10 @@ def plan_for(
     )
     items = check_fit(request)
     cluster = config.cluster
-    return EmbedPlan(request, items, cluster.num_workers, cluster.address, cluster.use_gpu)
+    cpus = (
+        cluster.cpus_per_worker if "cluster.cpus_per_worker" in parse_overrides(overrides) else None
+    )
+    return EmbedPlan(request, items, cluster.num_workers, cluster.address, cluster.use_gpu, cpus)
 
 
 def open_split(request: EmbedRequest) -> Any:
@@ -198,10 +206,7 @@ def embed_to_parquet(
     request = plan.request
     n = plan.items
     started = time.perf_counter()
-    if plan.workers == 0:
-        tables = _in_process(request, n)
-    else:
-        tables = _on_ray(request, n, plan.workers, plan.address, plan.use_gpu)
+    tables = _in_process(request, n) if plan.workers == 0 else _on_ray(request, n, plan)
     rows = _write(tables, out, request, n)
     seconds = time.perf_counter() - started
     return {"rows": rows, "seconds": seconds, "items_per_s": rows / seconds, "output": str(out)}
@@ -216,14 +221,20 @@ def _in_process(request: EmbedRequest, n: int) -> Iterator[pa.Table]:
 MAX_BLOCKS = 256  # index blocks handed to Ray Data at most (more only cost scheduling)
 
 
-def _on_ray(
-    request: EmbedRequest, n: int, workers: int, address: str | None, use_gpu: bool
-) -> Iterator[pa.Table]:
+def _on_ray(request: EmbedRequest, n: int, plan: EmbedPlan) -> Iterator[pa.Table]:
     import logging
 
+    import ray
     import ray.data
 
-    connect_ray(address)
+    from raycl.cluster import cpus_per_actor
+
+    connect_ray(plan.address)
+    workers, use_gpu = plan.workers, plan.use_gpu
+    cpus = plan.cpus_per_worker
+    if cpus is None:  # the CPUs shared by the actors: torch runs a thread on each
+        node_cpus = [node["Resources"].get("CPU", 0) for node in ray.nodes() if node["Alive"]]
+        cpus = cpus_per_actor(workers, [c for c in node_cpus if c > 0])
     logging.getLogger("ray.data").setLevel(logging.ERROR)  # the driver's bar shows progress
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True  # batches come back in index order
@@ -237,7 +248,7 @@ def _on_ray(
         batch_size=request.batch_size,
         batch_format="numpy",
         concurrency=workers,
-        num_cpus=1,
+        num_cpus=cpus,
         num_gpus=1 if use_gpu else 0,
     )
     yield from embedded.iter_batches(batch_size=None, batch_format="pyarrow")

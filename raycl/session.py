@@ -23,6 +23,24 @@ from raycl.data import training_loader
 from raycl.schema import DataConfig
 
 
+def use_assigned_cpus() -> int:
+    """Set torch's threads to the CPUs Ray gave this task or actor, and return that number.
+
+    Ray starts a worker with ``OMP_NUM_THREADS`` = its CPUs unless the environment already set
+    it (a user's ``export OMP_NUM_THREADS=1`` then leaves a four-CPU actor on one thread);
+    in a driver, outside Ray, or with fractional CPUs, torch keeps its threads.
+    """
+    import ray
+
+    context = ray.get_runtime_context() if ray.is_initialized() else None
+    if context is None or context.worker.mode != ray.WORKER_MODE:  # a driver: no resources
+        return torch.get_num_threads()
+    cpus = int(context.get_assigned_resources().get("CPU", 0))
+    if cpus >= 1:
+        torch.set_num_threads(cpus)
+    return torch.get_num_threads()
+
+
 class Session(Protocol):
     """The services a training loop needs from whatever runs it."""
 
@@ -56,6 +74,7 @@ class RayTrainSession:
         context = ray.train.get_context()
         self.rank, self.world_size = context.get_world_rank(), context.get_world_size()
         self.device = ray.train.torch.get_device()
+        use_assigned_cpus()  # a thread per CPU of cluster.cpus_per_worker
         if not verbose:
             _quiet_worker_logs()
 
@@ -92,6 +111,7 @@ class TuneSession:
 
         self._tune = ray.tune
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
+        use_assigned_cpus()  # a thread per CPU of the trial's resources
 
     def get_checkpoint(self) -> Any:
         return self._tune.get_checkpoint()

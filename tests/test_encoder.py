@@ -26,6 +26,7 @@ import raycl
 import raycl.embed
 from raycl import metrics
 from raycl.checkpoint import RUN_FILE, best_checkpoint, run_checkpoints, write_checksums
+from raycl.cluster import cpus_per_actor
 from raycl.config import load_config
 from raycl.data import build_datasets
 from raycl.embed import EmbedPlan, embed_to_parquet, plan_for
@@ -316,6 +317,36 @@ def test_two_ray_data_workers_write_what_one_and_the_driver_write(run, tmp_path,
         tables[workers] = pq.read_table(tmp_path / f"w{workers}.parquet")
     assert tables[1].equals(tables[0])
     assert tables[2].equals(tables[1])
+
+
+@pytest.mark.slow
+def test_an_actor_runs_a_torch_thread_per_cpu_it_holds(ray_cluster):
+    """Read back inside actors of 1 and 3 CPUs, started with OMP_NUM_THREADS=1 (as a user's
+    exported variable would): torch's threads are the actor's CPUs."""
+    import ray
+
+    @ray.remote
+    def threads() -> tuple[int, int]:
+        import torch
+
+        from raycl.session import use_assigned_cpus
+
+        before = torch.get_num_threads()
+        return before, use_assigned_cpus()
+
+    env = {"env_vars": {"OMP_NUM_THREADS": "1"}}
+    for cpus in (1, 3):
+        before, after = ray.get(threads.options(num_cpus=cpus, runtime_env=env).remote())
+        assert (before, after) == (1, cpus)
+
+
+def test_embed_actors_share_the_cluster_cpus() -> None:
+    assert cpus_per_actor(1, [2.0]) == 2  # one actor on a CPU node takes the node
+    assert cpus_per_actor(2, [2.0]) == 1
+    assert cpus_per_actor(1, [16.0, 16.0, 8.0]) == 8  # an actor runs on one node
+    assert cpus_per_actor(4, [16.0, 16.0]) == 8
+    assert cpus_per_actor(8, [2.0]) == 1  # never less than one
+    assert cpus_per_actor(1, []) == 1
 
 
 def test_a_best_checkpoint_that_fails_verification_is_named_with_the_one_used(
