@@ -158,6 +158,10 @@ def memory_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--probe-sizes", nargs=2, type=int, default=[8, 16])
     parser.add_argument(
+        "--engine-sizes", nargs=2, type=int, default=[8192, 32768],
+        help="embeddings M of the loss engine's per-embedding measurement",
+    )  # fmt: skip
+    parser.add_argument(
         "--paper-chunk-size", type=int, default=64, help="ResNet-50 chunk for the on-paper limit"
     )
     parser.add_argument("--output", help="also write the markdown report to this file")

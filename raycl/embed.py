@@ -207,9 +207,17 @@ def embed_to_parquet(
     n = plan.items
     started = time.perf_counter()
     tables = _in_process(request, n) if plan.workers == 0 else _on_ray(request, n, plan)
-    rows = _write(tables, out, request, n)
+    rows, first = _write(tables, out, request, n)
     seconds = time.perf_counter() - started
-    return {"rows": rows, "seconds": seconds, "items_per_s": rows / seconds, "output": str(out)}
+    return {
+        "rows": rows,
+        "seconds": seconds,
+        "items_per_s": rows / seconds,
+        # start-up: until the first batch is written (encoder and actors loaded, one batch)
+        "startup_s": first[0] - started,
+        "startup_rows": first[1],
+        "output": str(out),
+    }
 
 
 def _in_process(request: EmbedRequest, n: int) -> Iterator[pa.Table]:
@@ -254,14 +262,17 @@ def _on_ray(request: EmbedRequest, n: int, plan: EmbedPlan) -> Iterator[pa.Table
     yield from embedded.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
-def _write(tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int) -> int:
+def _write(
+    tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int
+) -> tuple[int, tuple[float, int]]:
     """Stream ``tables`` (in index order) into ``out`` under a temporary name, renamed when
-    all ``n`` rows are there (a failure leaves no output), with a progress bar; the rows."""
+    all ``n`` rows are there (a failure leaves no output), with a progress bar; the rows, and
+    when (``perf_counter``) the first batch was written with its rows."""
     from rich.progress import Progress
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = out.with_name(out.name + ".tmp")
-    writer, rows = None, 0
+    writer, rows, first_batch = None, 0, (time.perf_counter(), 0)
     try:
         with Progress() as progress:
             task = progress.add_task(f"embed {request.split}", total=n)
@@ -273,6 +284,8 @@ def _write(tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int)
                     metadata = {EMBED_METADATA_KEY: json.dumps(_description(request)).encode()}
                     writer = pq.ParquetWriter(staging, table.schema.with_metadata(metadata))
                 writer.write_table(table.cast(writer.schema))
+                if not rows:
+                    first_batch = (time.perf_counter(), table.num_rows)
                 rows += table.num_rows
                 progress.advance(task, table.num_rows)
         if rows != n:
@@ -284,7 +297,7 @@ def _write(tables: Iterator[pa.Table], out: Path, request: EmbedRequest, n: int)
         raise
     writer.close()
     staging.replace(out)
-    return rows
+    return rows, first_batch
 
 
 def _description(request: EmbedRequest) -> dict[str, Any]:

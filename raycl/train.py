@@ -102,6 +102,7 @@ def run_training(config: TrainConfig, session: Session) -> None:
             **means,
             "lr": run.scheduler.get_last_lr()[0],
             "global_batch": run.global_batch,
+            "steps": run.steps,
             "train_seconds": trained - started,
             "samples_per_s": run.steps * run.global_batch / (trained - started),
             **balance,

@@ -10,10 +10,7 @@ import pytest
 
 from raycl.bench import loss
 from raycl.bench.measure import PEAK_ENV, in_fresh_process
-
-# The engine's stated bound, in float32 copies of the embeddings (4·d bytes each) above the
-# inputs: the gradient and the normalised copy; TCL and margin are allowed one more.
-COPIES = {"infonce": 3, "supcon": 3, "dhel": 3, "kcl": 3, "tcl": 4, "margin": 4}
+from raycl.bench.memory import ENGINE_COPIES
 
 
 def test_every_side_gets_the_same_repeats_and_the_limits_are_labelled(monkeypatch) -> None:
@@ -46,10 +43,10 @@ def test_engine_memory_per_embedding_is_at_its_floor(dim: int) -> None:
     the embeddings above the inputs, and at least the gradient (the measurement sees it)."""
     result = in_fresh_process(
         "raycl.bench.loss", "engine_memory", env=PEAK_ENV,
-        families=sorted(COPIES), sizes=[1024, 4096], dim=dim, block_size=128,
+        families=sorted(ENGINE_COPIES), sizes=[1024, 4096], dim=dim, block_size=128,
     )  # fmt: skip
     assert "error" not in result, result
     for family, peaks in result["peaks"].items():
         per_embedding = loss.bytes_per_embedding({int(m): b for m, b in peaks.items()})
         copies = per_embedding / (4 * dim)
-        assert 1.0 <= copies <= COPIES[family], (family, copies, peaks)
+        assert 1.0 <= copies <= ENGINE_COPIES[family], (family, copies, peaks)

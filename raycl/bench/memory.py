@@ -21,7 +21,9 @@ from datetime import date
 
 import torch
 
+from raycl.bench.loss import bytes_per_embedding
 from raycl.bench.measure import (
+    PEAK_ENV,
     available_bytes,
     best_time,
     cpu_model,
@@ -43,6 +45,9 @@ TARGET_MEMORY_RATIO, TARGET_TIME_RATIO = 2.0, 1.4
 # OpenMP threads that spin while they wait burn the core another job needs and then wait for
 # it: on shared cores a step's time varied 2.5-15 s. Waiting passively keeps it steady.
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# The loss engine's stated bound, in float32 copies of the embeddings (4·d bytes each) above
+# the inputs (issue 27): the gradient and the normalised copy, one more for TCL and margin.
+ENGINE_COPIES = {"infonce": 3, "supcon": 3, "dhel": 3, "kcl": 3, "tcl": 4, "margin": 4}
 GPU_MEMORY = 80 * 2**30  # an "80 GB" GPU
 GPU_RESERVE = 0.1  # CUDA context, allocator fragmentation, DDP buckets
 
@@ -88,15 +93,24 @@ def measure_step(
 
 
 def _run_one(model: str, batch: int, chunk_size: int | None, dim: int) -> dict:
-    return in_fresh_process(
-        "raycl.bench.memory",
-        "step",
-        env=WORKER_ENV,
-        model=model,
-        batch=batch,
-        chunk_size=chunk_size,
-        dim=dim,
+    """Times from one fresh process, the peak from another (under ``PEAK_ENV``, one step)."""
+    common = {"model": model, "batch": batch, "chunk_size": chunk_size, "dim": dim}
+    timed = in_fresh_process("raycl.bench.memory", "step", env=WORKER_ENV, **common)
+    if "error" in timed:
+        return timed
+    peak = in_fresh_process(
+        "raycl.bench.memory", "step", env={**WORKER_ENV, **PEAK_ENV}, repeats=1, **common
     )
+    return {**timed, "peak_bytes": peak.get("peak_bytes", timed["peak_bytes"])}
+
+
+def engine_memory(args: argparse.Namespace) -> dict[str, dict[int, int]]:
+    """Every family's tiled loss alone at ``--engine-sizes`` (one fresh process)."""
+    result = in_fresh_process(
+        "raycl.bench.loss", "engine_memory", env=PEAK_ENV,
+        families=list(ENGINE_COPIES), sizes=args.engine_sizes, dim=args.dim,
+    )  # fmt: skip
+    return result.get("peaks", {})
 
 
 def _skip_reason(done: list[dict], batch: int, max_seconds: float) -> str | None:
@@ -136,7 +150,9 @@ def run(args: argparse.Namespace) -> dict:
             rows.append(row)
     probe = {batch: _run_one("resnet50", batch, None, args.dim) for batch in args.probe_sizes}
     print(f"resnet50 probe: {probe}", flush=True)
-    return {"rows": rows, "probe": probe}
+    engine = engine_memory(args)
+    print(f"engine: {engine}", flush=True)
+    return {"rows": rows, "probe": probe, "engine": engine}
 
 
 def _gb(n: float) -> str:
@@ -161,7 +177,9 @@ def table(results: dict, args: argparse.Namespace) -> str:
         f"{torch.get_num_threads()}; device cpu, float32; one training step (2 views per item, "
         f"InfoNCE on 2B embeddings of d = {args.dim}, AdamW), each size and mode in its own "
         f"process; chunked = `train.chunk_size={args.chunk_size}`; peak = resident-set "
-        "high-water mark above the warmed-up process, inputs included; time = best of up to 3 "
+        "high-water mark above the warmed-up process, inputs included, from one step in a "
+        "process of its own with glibc's mmap threshold fixed (the resident set then follows "
+        "the live tensors; times come from another process); time = best of up to 3 "
         "steps (one when a step takes over a minute), wall and CPU seconds of all threads "
         "(OpenMP threads wait passively) — "
         "the CPU time is what to compare when other jobs share the cores (wall time then "
@@ -198,8 +216,39 @@ def table(results: dict, args: argparse.Namespace) -> str:
             f"| {_gb(_input_bytes(row['model'], row['batch']))} | {cells[0]} | {cells[1]} "
             f"| {ratio} |"
         )
-    lines += ["", *_verdicts(rows), "", *_on_paper(results, args)]
+    lines += ["", *_verdicts(rows), "", *_engine(results, args), "", *_on_paper(results, args)]
     return "\n".join(lines)
+
+
+def _engine(results: dict, args: argparse.Namespace) -> list[str]:
+    """The loss engine alone: peak bytes per embedding per family, against its bound."""
+    engine = results.get("engine") or {}
+    if not engine:
+        return ["### The loss engine alone: not measured"]
+    sizes = sorted(int(m) for m in next(iter(engine.values())))
+    copy = 4 * args.dim
+    lines = [
+        "### The loss engine alone",
+        "",
+        f"One tiled forward + backward (float32, d = {args.dim}, 2 views, tiles of 1,024; "
+        "SupCon with 100 classes), its peak above the inputs at two sizes in one fresh "
+        "process; bytes per embedding = the slope between them (the tiles' fixed buffers drop "
+        f"out), in copies of the embeddings (4·d = {copy} B). Targets, stated before the run: "
+        "≤ 3 copies for InfoNCE, SupCon, DHEL and KCL, ≤ 4 for TCL and margin.",
+        "",
+        "| loss | "
+        + " | ".join(f"peak GB at M = {m:,}" for m in sizes)
+        + " | bytes per embedding | copies | target |",
+        "|---|" + "---|" * len(sizes) + "---|---|---|",
+    ]
+    for family, peaks in engine.items():
+        peaks = {int(m): b for m, b in peaks.items()}
+        per = bytes_per_embedding(peaks)
+        bound = ENGINE_COPIES[family]
+        verdict = f"≤ {bound}: " + ("met" if per <= bound * copy else "NOT met")
+        cells = " | ".join(f"{peaks[m] / 2**30:.3f}" for m in sizes)
+        lines.append(f"| {family} | {cells} | {per:,.0f} | {per / copy:.2f} | {verdict} |")
+    return lines
 
 
 def _find(rows: list[dict], model: str, batch: int, mode: str) -> dict:

@@ -16,8 +16,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from raycl.data.builder import SOURCE_SPLIT, DatasetBundle, DatasetSpec, assemble
@@ -31,7 +29,12 @@ _SPLITS = ("train", "test")
 
 @cache
 def _load_split(split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Images ``(N, 8, 8)`` in 0..16 and labels ``(N,)`` of one split (loaded once)."""
+    """Images ``(N, 8, 8)`` in 0..16 and labels ``(N,)`` of one split (loaded once).
+    scikit-learn is imported here, not with the module: it costs about a second, and every
+    process that imports :mod:`raycl.data` (an embed actor, the CLI) would pay it."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
     digits = load_digits()
     x_train, x_test, y_train, y_test = train_test_split(
         digits.images, digits.target, test_size=0.2, random_state=0, stratify=digits.target
