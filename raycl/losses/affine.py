@@ -33,6 +33,18 @@ COEFFICIENTS = {
 }
 
 
+# Per-key sums are held for at most this fraction of the columns' count (×d each).
+MAX_KEYS_FRACTION = 1 / 16
+
+
+def few_keys(cols: PairStructure, which: str) -> bool:
+    """Whether the column set's per-key sums are small (≤ M/16 keys: labels, views), so that
+    the closed form holds far less than a copy of the embeddings."""
+    if which in ("others", "same_view"):
+        return True
+    return int(torch.unique(cols.ids).numel()) <= MAX_KEYS_FRACTION * len(cols)
+
+
 class AffineSums:
     """Row sums of one affine map over one column set, in closed form."""
 

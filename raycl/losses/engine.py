@@ -2,9 +2,10 @@
 
 Each reduction is evaluated by the cheapest exact method that applies:
 
-* positives that are few (self-supervised views) → their pair list (:mod:`raycl.losses.pairs`);
 * ``sum`` of an :class:`~raycl.losses.reductions.Affine` map → a closed form in O(M·d)
-  (:mod:`raycl.losses.affine`);
+  (:mod:`raycl.losses.affine`), unless it sums positives over many keys (self-supervised ids:
+  per-key sums of half the batch) that are few per anchor;
+* positives that are few (self-supervised views) → their pair list (:mod:`raycl.losses.pairs`);
 * anything else → a walk over the similarity tiles (:mod:`raycl.losses.tiled`).
 
 The node owns the whole O(M·d) state, so it keeps only what the exact computation needs:
@@ -25,7 +26,7 @@ from collections.abc import Iterator
 import torch
 from torch import Tensor
 
-from raycl.losses.affine import AffineSums
+from raycl.losses.affine import AffineSums, few_keys
 from raycl.losses.pairs import PairReductions, few_positives
 from raycl.losses.reductions import Affine, RowReduction, RowStat, accumulation
 from raycl.losses.structure import PairStructure
@@ -77,11 +78,17 @@ class _Engine:
     ) -> None:
         self.symmetric, self.normalize, self.block = symmetric, normalize, block
         pairs = any(r.columns == "positives" for r in reductions) and few_positives(rows, cols)
-        on_pairs = [k for k, r in enumerate(reductions) if pairs and r.columns == "positives"]
         closed = [
             k
             for k, r in enumerate(reductions)
-            if k not in on_pairs and r.kind == "sum" and isinstance(r.fn, Affine)
+            if r.kind == "sum"
+            and isinstance(r.fn, Affine)
+            and (r.columns != "positives" or not pairs or few_keys(cols, r.columns))
+        ]
+        on_pairs = [
+            k
+            for k, r in enumerate(reductions)
+            if pairs and r.columns == "positives" and k not in closed
         ]
         on_tiles = [k for k in range(len(reductions)) if k not in on_pairs + closed]
         self.parts: list[tuple[list[int], PairReductions | AffineSums | TileReductions]] = []
