@@ -22,6 +22,7 @@ block² tiles. A bf16/fp16 batch keeps G in float32 (one half-size cast back at 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from torch import Tensor
@@ -34,6 +35,23 @@ from raycl.losses.tiled import TilePlan, TileReductions, default_block_size
 
 # F.normalize's floor on the norm: a smaller norm divides by this instead.
 NORM_EPS = 1e-12
+
+
+class Method(Protocol):
+    """What each method gives the engine: its reductions' per-row results, and their share of
+    the gradient added into the engine's buffers (``grad_rows is grad_cols`` for a batch
+    against itself)."""
+
+    def forward(self, rows_z: Tensor, cols_z: Tensor) -> list[RowStat]: ...
+
+    def backward(
+        self,
+        rows_z: Tensor,
+        cols_z: Tensor,
+        grads: list[Tensor],
+        grad_rows: Tensor,
+        grad_cols: Tensor,
+    ) -> None: ...
 
 
 def reduce_rows_tiled(
@@ -91,7 +109,7 @@ class _Engine:
             if pairs and r.columns == "positives" and k not in closed
         ]
         on_tiles = [k for k in range(len(reductions)) if k not in on_pairs + closed]
-        self.parts: list[tuple[list[int], PairReductions | AffineSums | TileReductions]] = []
+        self.parts: list[tuple[list[int], Method]] = []  # (its reductions' indices, method)
         if on_pairs:
             part = PairReductions(rows, cols, [reductions[k] for k in on_pairs], block)
             self.parts.append((on_pairs, part))
