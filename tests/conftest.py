@@ -5,10 +5,12 @@ with ``ray start``, a spawned process group whose ranks save their results; test
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -57,6 +59,35 @@ os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 FAST_TEST_BUDGET_S = 5.0
 SLOW_TIER_BUDGET_S = 600.0
 _durations: dict[str, list] = {}
+
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def as_a_terminal_job() -> None:
+    """``preexec_fn`` of a child started as a terminal starts a job: Ctrl-C and SIGTERM at
+    their defaults and not blocked, whatever this test process inherited or a library left
+    (the suite once ran a Ctrl-C test in a process whose SIGINT was ignored: the child
+    inherited that, never stopped, and exited 0)."""
+    for stop in STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+
+
+@contextmanager
+def terminal_stop_signals() -> Iterator[None]:
+    """This process's Ctrl-C and SIGTERM as a fresh Python process has them (KeyboardInterrupt,
+    termination; not blocked) for the block, then as they were."""
+    previous = {stop: signal.getsignal(stop) for stop in STOP_SIGNALS}
+    mask = signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        yield
+    finally:
+        for stop, handler in previous.items():
+            signal.signal(stop, handler)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
 
 
 def free_port() -> int:

@@ -624,6 +624,7 @@ def test_submit_insecure_gets_past_the_refusal(offline, capsys):
 # --- scaling table -------------------------------------------------------------------------
 
 BYTES_FP32 = 4
+PER_ROW_BYTES = 32  # the engine's O(M) state per gathered row (results, weights, sorted ids)
 
 
 @dataclass(frozen=True)
@@ -654,40 +655,38 @@ def loss_scaling(
     against itself, the symmetric path visiting only tiles on and above the diagonal).
     Embeddings are fp32 (``train.py`` casts them before the loss).
 
-    Memory peaks in one of two phases of the backward:
+    Memory peaks in the backward (``raycl/losses/engine.py``), with one tile's buffers alive
+    at a time:
 
-    * the tiled backward: the gathered Z (kept by ``F.normalize``), its normalised copy and
-      ∂L/∂Ẑ (3·M·d), the local rows' three (R·d), plus the tiles: the similarity, ∂L/∂S,
-      exp(f − c) and, while the next tile's similarity is allocated, the previous one
-      (4 fp32; 3 when there is one tile only, 5 with the mirrored coefficient tile of the
-      symmetric path) and two 1-byte masks (``not_self`` and its negation) = 4·n + 2 bytes
-      per entry; the forward holds only 2 fp32 tiles + the masks;
-    * autograd's backward of ``F.normalize`` over the gathered batch: ≈ 6·M·d + R·d
-      (W = 1: 5.5·M·d), once the tiles are freed.
+    * the embeddings' state: ẑ and the gradient buffer G of the gathered columns and, W > 1,
+      of the local rows, plus the gathered columns themselves (W = 1: the batch is the
+      caller's) — 4·d·2M bytes (W = 1) or 4·d·(3M + 2R);
+    * one tile: exp(f − c) and either the mirrored coefficient tile (symmetric, off the
+      diagonal: 8 bytes per entry) or the two 1-byte masks of a tile whose rows meet its
+      columns (6), else 4;
+    * one chunk of rows' temporary in the normalisation's backward (4·d per row of a block);
+    * per-row vectors (results, weights, the pair structure's sorted ids): about 32 B per
+      gathered row.
 
-    Per-row vectors (O(M)) are left out. Each tile costs one GEMM forward and three backward
-    (recompute S, ∂L/∂S·Z_cols, ∂L/∂Sᵀ·Z_rows): 4 × 2·r·c·d FLOPs.
+    Each tile costs one GEMM forward and three backward (recompute S, ∂L/∂S·Z_cols,
+    ∂L/∂Sᵀ·Z_rows): 4 × 2·r·c·d FLOPs.
     """
     block = block or default_block_size(torch.device("cuda"))
     global_batch = workers * batch_size
     m = views * global_batch
     rows = m // workers
     symmetric = workers == 1
+    me = min(1, workers - 1)  # the rank measured: its rows are columns me·R … (me + 1)·R
     tiles = [
-        (min(block, rows - r0), min(block, m - c0), symmetric and c0 != r0)
+        (min(block, rows - r0), min(block, m - c0), symmetric and c0 != r0, meets)
         for r0 in range(0, rows, block)
         for c0 in range(r0 if symmetric else 0, m, block)
+        for meets in [me * rows + r0 < c0 + block and c0 < me * rows + min(r0 + block, rows)]
     ]
-    fp32_tiles = 3 if len(tiles) == 1 else 5 if any(t[2] for t in tiles) else 4
-    largest = max(r * c for r, c, _ in tiles)
-    tile_bytes = largest * (BYTES_FP32 * fp32_tiles + 2)
-    if symmetric:
-        loss_bytes = max(22 * m * dim, BYTES_FP32 * 3 * m * dim + tile_bytes)
-    else:
-        loss_bytes = max(
-            BYTES_FP32 * dim * (6 * m + rows),
-            BYTES_FP32 * dim * (3 * m + 3 * rows) + tile_bytes,
-        )
+    largest = max(r * c * (8 if mirrored else 6 if meets else 4) for r, c, mirrored, meets in tiles)
+    embeddings = BYTES_FP32 * dim * (2 * m if symmetric else 3 * m + 2 * rows)
+    chunk = BYTES_FP32 * dim * min(block, m)
+    loss_bytes = embeddings + largest + chunk + PER_ROW_BYTES * m
     return Scaling(
         workers=workers,
         global_batch=global_batch,
@@ -697,7 +696,7 @@ def loss_scaling(
         engine="tiled" if rows * m > AUTO_TILE_ENTRIES else "materialised",
         loss_bytes=loss_bytes,
         gather_bytes=(workers - 1) * rows * dim * BYTES_FP32,
-        flops=sum(4 * 2 * r * c * dim for r, c, _ in tiles),
+        flops=sum(4 * 2 * r * c * dim for r, c, _, _ in tiles),
     )
 
 
@@ -737,6 +736,9 @@ def test_readme_scaling_table_matches_the_formulas():
     assert readme_table() == table_rows()
 
 
+GEMMS = (torch.ops.aten.mm.default, torch.ops.aten.addmm.default, torch.ops.aten.addmm_.default)
+
+
 class _LiveMemory(TorchDispatchMode):
     """Bytes of tensor storage allocated inside the mode and still alive (peak kept), and
     the FLOPs of every matrix product."""
@@ -759,8 +761,9 @@ class _LiveMemory(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func is torch.ops.aten.mm.default:
-            (m, k), n = args[0].shape, args[1].shape[1]
+        if func in GEMMS:  # mm(a, b); addmm(c, a, b) and addmm_(c, a, b): c + a·b
+            a, b = args[-2:]
+            (m, k), n = a.shape, b.shape[1]
             self.flops += 2 * m * k * n
         inputs = {
             t.untyped_storage().data_ptr()

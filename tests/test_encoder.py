@@ -34,7 +34,7 @@ from raycl.encoder import load_encoder
 from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.export import export_encoder
 from raycl.runner import train
-from tests.conftest import IN_PROCESS_RUN
+from tests.conftest import IN_PROCESS_RUN, as_a_terminal_job, terminal_stop_signals
 
 QUICK = IN_PROCESS_RUN
 
@@ -406,14 +406,12 @@ def test_embed_stopped_by_sigterm_or_ctrl_c_leaves_no_partial_output(run, tmp_pa
     done = threading.Event()
     sender = threading.Thread(target=signal_once_written, args=(out, stop, os.getpid(), done))
     sender.start()
-    previous = signal.getsignal(signal.SIGTERM)
     try:
-        with pytest.raises(SystemExit) as ended:
+        with terminal_stop_signals(), pytest.raises(SystemExit) as ended:
             main(args)
     finally:
         done.set()
         sender.join()
-        signal.signal(signal.SIGTERM, previous)
     code, line = STOPS[stop]
     assert ended.value.code == code
     assert capsys.readouterr().err.strip().splitlines()[-1] == line
@@ -432,6 +430,7 @@ def test_embed_on_ray_stopped_by_sigterm_leaves_no_partial_output(run, tmp_path)
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=as_a_terminal_job,
     )
     staging = out.with_name(out.name + ".tmp")
     try:

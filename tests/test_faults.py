@@ -28,6 +28,7 @@ from raycl.data import write_parquet_dataset
 from raycl.errors import ConfigError, DataError, TrainingDiverged
 from raycl.resume import RunLock
 from raycl.runner import train
+from tests.conftest import as_a_terminal_job
 
 IN_PROCESS = [
     "cluster.num_workers=0",
@@ -365,6 +366,7 @@ def start_driver(*args: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        preexec_fn=as_a_terminal_job,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
 

@@ -226,6 +226,7 @@ class TileReductions:
                     continue
                 _add_reduced(sums[k], values, r0, c0, mirrored)
                 _add_reduced(nonzeros[k], (values != 0).to(acc_dtype), r0, c0, mirrored)
+            masks = sim = tile = values = None  # this tile's buffers go before the next's
         self.results = [
             lse.result() if lse is not None else (s.log() + c if c is not None else s)
             for lse, s, c in zip(online, sums, shifts, strict=True)
@@ -312,6 +313,8 @@ class TileReductions:
             else:
                 grad_rows[r0:r1] += grad_sim @ z_c
                 grad_cols[c0:c1] += grad_sim.T @ z_r
+            # this tile's buffers go before the next's: one tile's worth is alive at a time
+            masks = sim = parts = grad_sim = tile = slope = coefficient = leaf = None
 
 
 def _surrogate(
