@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from raycl.losses import LOSSES, build_loss, flatten_batch
 from raycl.losses.engine import reduce_rows_tiled
 from raycl.losses.reductions import Affine, RowReduction, reduce_rows_materialised
-from raycl.losses.structure import COLUMN_SETS, PairStructure
+from raycl.losses.structure import COLUMN_SETS, PairStructure, column_counts, column_mask
 
 # Non-default hyper-parameters so that no term vanishes (e.g. k1 > 0, margins active).
 PARAMS = {
@@ -182,3 +182,14 @@ def test_each_method_on_each_column_set(columns, symmetric, normalize, classes):
         results.append((values, *grads))
     for tiled, materialised in zip(results[1], results[0], strict=True):
         torch.testing.assert_close(tiled, materialised, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("columns", COLUMN_SETS)
+def test_column_counts_are_the_masks_sizes(columns):
+    """O(M log M) counts of every column set equal its M×M mask's row sums, for the batch
+    against itself and for local rows against the whole batch."""
+    _, cols = flatten_batch(make_views(seed=9, n_views=3, n_items=10, dim=2), torch.arange(10) % 4)
+    for local in (slice(0, 30), slice(7, 19)):
+        rows = PairStructure(cols.ids[local], cols.index[local], cols.views[local])
+        expected = column_mask(rows, cols, columns).sum(1)
+        assert torch.equal(column_counts(rows, cols, columns), expected)

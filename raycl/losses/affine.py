@@ -6,8 +6,9 @@ column sum:
     r_i = Σ_{j∈C(i)} (a·z_i·z_j + b) = a · z_i·c_i + b·|C(i)|
     c_i = α·Σ_j z_j + β·S_{key(i)} − γ·z_i
 
-where ``S_k`` sums the columns with key k (id, or view for ``same_view``) and (α, β, γ) is
-(1, 0, 1) for others, (0, 1, 1) for positives and same_view, (1, −1, 0) for negatives. The
+where ``S_k`` sums the columns with key k (id, or view for ``same_view`` and ``cross_view``)
+and (α, β, γ) is (1, 0, 1) for others, (0, 1, 1) for positives and same_view, (1, −1, 0) for
+negatives and cross_view. The
 backward needs the same per-key sums of the weighted rows ``a·g_i·z_i``:
 
     ∂L/∂z_i (row) = a·g_i·c_i      ∂L/∂z_j (column) = α·Σ_i a·g_i·z_i + β·H_{key(j)} − γ·a·g_j·z_j
@@ -30,6 +31,7 @@ COEFFICIENTS = {
     "positives": (0.0, 1.0, 1.0),
     "same_view": (0.0, 1.0, 1.0),
     "negatives": (1.0, -1.0, 0.0),
+    "cross_view": (1.0, -1.0, 0.0),
 }
 
 
@@ -40,7 +42,7 @@ MAX_KEYS_FRACTION = 1 / 16
 def few_keys(cols: PairStructure, which: str) -> bool:
     """Whether the column set's per-key sums are small (≤ M/16 keys: labels, views), so that
     the closed form holds far less than a copy of the embeddings."""
-    if which in ("others", "same_view"):
+    if which in ("others", "same_view", "cross_view"):
         return True
     return int(torch.unique(cols.ids).numel()) <= MAX_KEYS_FRACTION * len(cols)
 
@@ -132,7 +134,8 @@ def _keys(rows: PairStructure, cols: PairStructure, which: str) -> tuple[Tensor,
     """Each column's and each row's key as an index into the distinct column keys."""
     if which == "others":
         return cols.ids.new_zeros(len(cols)), rows.ids.new_zeros(len(rows)), 1
-    col_key, row_key = (cols.views, rows.views) if which == "same_view" else (cols.ids, rows.ids)
+    by_view = which in ("same_view", "cross_view")
+    col_key, row_key = (cols.views, rows.views) if by_view else (cols.ids, rows.ids)
     if col_key is None or row_key is None:
         raise ValueError("this loss needs view structure: pass embeddings as (V, N, d)")
     unique, inverse = torch.unique(col_key, return_inverse=True)

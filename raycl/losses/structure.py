@@ -12,6 +12,7 @@ For an anchor row ``i`` and the columns ``j``:
     positives(i) = { j ∈ others(i) : id_j = id_i }           (P(i))
     negatives(i) = { j : id_j ≠ id_i }                       (Neg(i))
     same_view(i) = { j ∈ others(i) : view_j = view_i }       (DHEL / KCL energy sets)
+    cross_view(i) = { j : view_j ≠ view_i }                  (the other view or modality)
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-ColumnSet = Literal["others", "positives", "negatives", "same_view"]
-COLUMN_SETS: tuple[ColumnSet, ...] = ("others", "positives", "negatives", "same_view")
+ColumnSet = Literal["others", "positives", "negatives", "same_view", "cross_view"]
+COLUMN_SETS: tuple[ColumnSet, ...] = ("others", "positives", "negatives", "same_view", "cross_view")
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,8 @@ def column_mask(rows: PairStructure, cols: PairStructure, which: ColumnSet) -> T
     """Boolean ``(len(rows), len(cols))`` mask of the column set ``which`` for every row."""
     if which == "negatives":
         return rows.ids[:, None] != cols.ids[None, :]
+    if which == "cross_view":
+        return _views(rows)[:, None] != _views(cols)[None, :]
     mask = rows.index[:, None] != cols.index[None, :]
     if which == "positives":
         mask &= rows.ids[:, None] == cols.ids[None, :]
@@ -118,8 +121,9 @@ def column_counts(rows: PairStructure, cols: PairStructure, which: ColumnSet) ->
     """
     if which == "others":
         return torch.full_like(rows.ids, len(cols) - 1)
-    if which == "same_view":
-        return _occurrences(_views(rows), _views(cols)) - 1
+    if which in ("same_view", "cross_view"):
+        same_view = _occurrences(_views(rows), _views(cols))
+        return same_view - 1 if which == "same_view" else len(cols) - same_view
     same_id = _occurrences(rows.ids, cols.ids)
     return same_id - 1 if which == "positives" else len(cols) - same_id
 

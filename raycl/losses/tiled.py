@@ -112,12 +112,12 @@ class TilePlan:
             if which == "others":
                 masks[which] = not_self
                 continue
-            key = "views" if which == "same_view" else "ids"
+            key = "views" if which in ("same_view", "cross_view") else "ids"
             kind = relation(key)
-            if which == "negatives":
+            if which in ("negatives", "cross_view"):  # a different key: never the row itself
                 masks[which] = {"disjoint": None, "same": False}.get(kind)
                 if kind == "mixed":
-                    masks[which] = rows.ids[:, None] != cols.ids[None, :]
+                    masks[which] = getattr(rows, key)[:, None] != getattr(cols, key)[None, :]
             elif kind == "disjoint":
                 masks[which] = False
             elif kind == "same":
