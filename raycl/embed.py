@@ -87,7 +87,7 @@ class EmbedItems:
         from raycl.encoder import load_encoder
         from raycl.session import use_assigned_cpus
 
-        self.threads = use_assigned_cpus()
+        use_assigned_cpus()
         self.request = request
         self.device = torch.device(device)
         model, _, _ = load_encoder(request.checkpoint, with_head=True)
@@ -154,6 +154,7 @@ def plan_for(
             f"(the encoder is fixed), got {foreign}"
         )
     config.cluster = load_config([o for o in overrides if o.startswith("cluster")]).cluster
+    cpus_given = "cluster.cpus_per_worker" in changes  # else the cluster's CPUs are shared
     changes = {k: v for k, v in changes.items() if not k.startswith("cluster")}
     if "data" in changes:  # another data set: its group's defaults, then the data.* keys
         config.data = load_config([o for o in overrides if o.startswith("data")]).data
@@ -165,9 +166,7 @@ def plan_for(
     )
     items = check_fit(request)
     cluster = config.cluster
-    cpus = (
-        cluster.cpus_per_worker if "cluster.cpus_per_worker" in parse_overrides(overrides) else None
-    )
+    cpus = cluster.cpus_per_worker if cpus_given else None
     return EmbedPlan(request, items, cluster.num_workers, cluster.address, cluster.use_gpu, cpus)
 
 

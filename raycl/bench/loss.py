@@ -29,7 +29,6 @@ from functools import partial
 import torch
 
 from raycl.bench.measure import (
-    PEAK_ENV,
     available_bytes,
     best_time,
     cpu_model,
@@ -37,6 +36,7 @@ from raycl.bench.measure import (
     peak_memory,
     publish,
     serve_worker,
+    time_and_peak,
 )
 from raycl.losses import LOSSES, ContrastiveLoss, build_loss
 from raycl.losses.tiled import default_block_size, tile_grid
@@ -199,13 +199,12 @@ def _in_fresh_process(kind: str, env: dict[str, str] | None = None, **kwargs: ob
 
 
 def _measured(family: str, impl: str, size: int, common: dict) -> dict:
-    """Seconds (best of the repeats) from one fresh process, peak bytes from another."""
-    timed = _in_fresh_process("loss", family=family, impl=impl, size=size, **common)
-    if "error" in timed or common["device"] != "cpu":
-        return timed
-    single = {**common, "repeats": 1}
-    peak = _in_fresh_process("loss", PEAK_ENV, family=family, impl=impl, size=size, **single)
-    return {**timed, "peak_bytes": peak.get("peak_bytes")}
+    """Seconds (best of the repeats) and, on the CPU, peak bytes from a process of its own;
+    on CUDA the allocator's peak is exact in the timed process."""
+    job = {"family": family, "impl": impl, "size": size, **common}
+    if common["device"] != "cpu":
+        return _in_fresh_process("loss", **job)
+    return time_and_peak(partial(_in_fresh_process, "loss"), **job)
 
 
 def _fits(size: int, device: str) -> bool:

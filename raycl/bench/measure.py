@@ -149,6 +149,18 @@ def in_fresh_process(module: str, kind: str, env: dict[str, str] | None = None, 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def time_and_peak(run: Callable[..., dict], env: dict[str, str] | None = None, **kwargs) -> dict:
+    """A fresh-process measurement ``run(env=…, **kwargs)`` (e.g. :func:`in_fresh_process` with
+    its module and kind bound) made twice: the times from one process, the peak bytes from
+    another started with :data:`PEAK_ENV` and ``repeats=1`` (where that one fails, the timed
+    process's own peak stays)."""
+    timed = run(env=env, **kwargs)
+    if "error" in timed:
+        return timed
+    peak = run(env={**(env or {}), **PEAK_ENV}, **{**kwargs, "repeats": 1})
+    return {**timed, "peak_bytes": peak.get("peak_bytes", timed.get("peak_bytes"))}
+
+
 OOM_COUNTERS = (  # the kernel's count of this cgroup's out-of-memory kills (v2, then v1)
     Path("/sys/fs/cgroup/memory.events"),
     Path("/sys/fs/cgroup/memory/memory.oom_control"),

@@ -18,6 +18,7 @@ import math
 import os
 import time
 from datetime import date
+from functools import partial
 
 import torch
 
@@ -31,6 +32,7 @@ from raycl.bench.measure import (
     peak_memory,
     publish,
     serve_worker,
+    time_and_peak,
 )
 
 # name -> (ModelConfig settings, item shape); CIFAR stem on 32 px, digits at 8 px
@@ -94,14 +96,10 @@ def measure_step(
 
 def _run_one(model: str, batch: int, chunk_size: int | None, dim: int) -> dict:
     """Times from one fresh process, the peak from another (under ``PEAK_ENV``, one step)."""
-    common = {"model": model, "batch": batch, "chunk_size": chunk_size, "dim": dim}
-    timed = in_fresh_process("raycl.bench.memory", "step", env=WORKER_ENV, **common)
-    if "error" in timed:
-        return timed
-    peak = in_fresh_process(
-        "raycl.bench.memory", "step", env={**WORKER_ENV, **PEAK_ENV}, repeats=1, **common
-    )
-    return {**timed, "peak_bytes": peak.get("peak_bytes", timed["peak_bytes"])}
+    return time_and_peak(
+        partial(in_fresh_process, "raycl.bench.memory", "step"), env=WORKER_ENV,
+        model=model, batch=batch, chunk_size=chunk_size, dim=dim,
+    )  # fmt: skip
 
 
 def engine_memory(args: argparse.Namespace) -> dict[str, dict[int, int]]:

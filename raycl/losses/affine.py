@@ -13,8 +13,10 @@ backward needs the same per-key sums of the weighted rows ``a·g_i·z_i``:
 
     ∂L/∂z_i (row) = a·g_i·c_i      ∂L/∂z_j (column) = α·Σ_i a·g_i·z_i + β·H_{key(j)} − γ·a·g_j·z_j
 
-Only per-key sums (keys × d) are held; rows are visited in chunks and their gradients added to
-the engine's buffers. ``cols.index`` must be ``arange``: column k is global row k.
+Only per-key sums (keys × d) are held, and only while a pass runs: the backward recomputes them
+(one O(M·d) pass) rather than keeping them from the forward, since a set keyed by ids can have
+half a batch of keys. Rows are visited in chunks and their gradients added to the engine's
+buffers. ``cols.index`` must be ``arange``: column k is global row k.
 """
 
 from __future__ import annotations
