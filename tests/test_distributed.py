@@ -44,6 +44,8 @@ FAMILY_PARAMS = {
     "dhel": {"temperature": 0.4},
     "kcl": {"t": 1.5, "kernel": "imq", "weight": 4.0},
     "margin": {"pos_margin": 0.8, "neg_margin": 0.2, "weight": 2.0},
+    "clip": {"weight": 0.8},
+    "siglip": {"weight": 1.5},
 }
 
 

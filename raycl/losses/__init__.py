@@ -11,16 +11,30 @@ from typing import Any
 
 from raycl.losses.aggregation import AGGREGATIONS, aggregate
 from raycl.losses.base import ENGINE_OPTIONS, ContrastiveLoss, EngineOptions, LossTerms
+from raycl.losses.clip import CLIPLoss
 from raycl.losses.dhel import DHELLoss
 from raycl.losses.infonce import InfoNCELoss
 from raycl.losses.kcl import KCLLoss
+from raycl.losses.logits import LogitHead
 from raycl.losses.margin import MarginLoss
+from raycl.losses.paired import PairedLoss
+from raycl.losses.siglip import SigLIPLoss
 from raycl.losses.structure import PairStructure, flatten_batch
 from raycl.losses.supcon import SupConLoss
 from raycl.losses.tcl import TCLLoss
 
 LOSSES: dict[str, type[ContrastiveLoss]] = {
-    cls.name: cls for cls in (InfoNCELoss, SupConLoss, TCLLoss, DHELLoss, KCLLoss, MarginLoss)
+    cls.name: cls
+    for cls in (
+        InfoNCELoss,
+        SupConLoss,
+        TCLLoss,
+        DHELLoss,
+        KCLLoss,
+        MarginLoss,
+        CLIPLoss,
+        SigLIPLoss,
+    )
 }
 
 
@@ -50,14 +64,18 @@ __all__ = [
     "AGGREGATIONS",
     "ENGINE_OPTIONS",
     "LOSSES",
+    "CLIPLoss",
     "ContrastiveLoss",
     "DHELLoss",
     "EngineOptions",
     "InfoNCELoss",
     "KCLLoss",
+    "LogitHead",
     "LossTerms",
     "MarginLoss",
     "PairStructure",
+    "PairedLoss",
+    "SigLIPLoss",
     "SupConLoss",
     "TCLLoss",
     "aggregate",
