@@ -4,7 +4,8 @@
     raycl tune [HYDRA_OVERRIDES...]       balance search on Ray Tune (search=cd|random|asha|tpe|gp)
     raycl analyze EXPERIMENT... [--export F.parquet] [--plots DIR]   read Tune results
     raycl analyze RUN [--plots DIR]       a run's embedding space: 2-D map, nearest neighbours
-    raycl embed RUN --output F.parquet [--split test|train] [--plot DIR] [OVERRIDES...]
+    raycl embed RUN --output F.parquet [--split test|train] [--tower image|text] [--plot DIR]
+                                          [OVERRIDES...]
                                           a trained encoder over a split, into Parquet
     raycl export RUN --output DIR [--torchscript]   the encoder as safetensors (+ TorchScript)
     raycl submit [--address A] train|tune [OVERRIDES...] [--follow]   run as a Ray Job
@@ -150,6 +151,7 @@ def _embed(args: argparse.Namespace) -> None:
     from raycl.embed import embed_to_parquet, plan_for
 
     options = {"split": args.split, "head": args.head, "normalize": args.normalize}
+    options["tower"] = args.tower
     plan = plan_for(args.run_path, args.checkpoint, args.overrides, **options)
     summary = embed_to_parquet(plan, args.output, args.overwrite)
     print(
@@ -255,6 +257,11 @@ def build_parser() -> argparse.ArgumentParser:
     embed.add_argument("--split", default="test", help="test (default) or train")
     embed.add_argument("--head", action="store_true", help="the projection head's output too")
     embed.add_argument("--normalize", action="store_true", help="L2-normalise each row")
+    embed.add_argument(
+        "--tower",
+        default="image",
+        help="a two-tower run's image tower (default) or text tower (the split's captions)",
+    )
     embed.add_argument("--plot", metavar="DIR", help="also write PNG maps of the embeddings")
     embed.add_argument(
         "overrides",

@@ -265,14 +265,61 @@ def validate(cfg: TrainConfig) -> None:
             "must be one of ['none', 'tensorboard', 'mlflow']",
         ),
     ]
-    for key, ok, rule in checks:
+    for key, ok, rule in checks + _pairing_checks(cfg):
         if not ok:
             raise ConfigError(f"{key} {rule}, got {_select(cfg, key)!r}")
 
 
+def _pairing_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
+    """A two-tower model, a paired loss and image–caption data go together."""
+    from raycl.data import DATASETS
+    from raycl.losses import LOSSES
+    from raycl.models import TWO_TOWER
+
+    loss = cfg.loss["name"]
+    paired_loss = getattr(LOSSES[loss], "paired", False)
+    paired_data = DATASETS[cfg.data.name].paired
+    paired_sets = [name for name, spec in DATASETS.items() if spec.paired]
+    two_tower = cfg.model.name == TWO_TOWER
+    return [
+        ("model.name", two_tower or not paired_loss, f"must be two_tower for loss {loss}"),
+        (
+            "loss.name",
+            paired_loss or not two_tower,
+            f"must be a paired loss for model two_tower: one of {_paired_losses()}",
+        ),
+        (
+            "data.name",
+            paired_data or not two_tower,
+            f"must be image-caption pairs for model two_tower: one of {paired_sets}",
+        ),
+        (
+            "model.name",
+            two_tower or not paired_data,
+            f"must be two_tower for the image-caption pairs of data {cfg.data.name}",
+        ),
+        (
+            "data.supervised",
+            not (paired_data and cfg.data.supervised),
+            "must be false for image-caption pairs (the paired losses take no labels)",
+        ),
+        (
+            "data.ingest",
+            not (paired_data and cfg.data.ingest != "loader"),
+            "must be loader for image-caption pairs",
+        ),
+    ]
+
+
+def _paired_losses() -> list[str]:
+    from raycl.losses import LOSSES
+
+    return [name for name, cls in LOSSES.items() if getattr(cls, "paired", False)]
+
+
 def _select(cfg: Any, dotted: str) -> Any:
     for part in dotted.split("."):
-        cfg = getattr(cfg, part)
+        cfg = cfg[part] if isinstance(cfg, dict) else getattr(cfg, part)
     return cfg
 
 

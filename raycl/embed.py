@@ -19,7 +19,10 @@ Columns: ``index`` (int64, the item's position in the split), ``id`` (string: wh
 item is stored — file, file and row, or ``item N``), ``label`` (int64), ``embedding``
 (``fixed_size_list<float32>[D]``: the encoder's features, what the run's kNN and linear probe
 use) and with ``head`` ``projection`` (the projection head's output); ``normalize`` divides
-each row by its L2 norm.
+each row by its L2 norm. A two-tower run embeds its image tower (``tower="image"``, as above;
+``projection`` is the joint embedding) or its text tower (``tower="text"``: the captions of
+the split's image–caption pairs, with a ``caption`` column; ``embedding`` is the text tower's
+joint embedding).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from raycl.errors import CheckpointError, ConfigError, DataError
 from raycl.schema import DataConfig
 
 SPLITS = ("test", "train")
+TOWERS = ("image", "text")
 EMBED_METADATA_KEY = b"raycl.embed"
 
 
@@ -58,10 +62,13 @@ class EmbedRequest:
     normalize: bool = False
     batch_size: int = 256  # eval.batch_size
     seed: int = 0
+    tower: str = "image"  # a two-tower run's image or text tower
 
     def __post_init__(self) -> None:
         if self.split not in SPLITS:
             raise ConfigError(f"--split must be one of {list(SPLITS)}, got {self.split!r}")
+        if self.tower not in TOWERS:
+            raise ConfigError(f"--tower must be one of {list(TOWERS)}, got {self.tower!r}")
         if self.batch_size < 1:
             raise ConfigError(f"eval.batch_size must be ≥ 1, got {self.batch_size}")
 
@@ -102,15 +109,21 @@ class EmbedItems:
         from raycl.data.guard import item_source
 
         items = [self.dataset[int(i)] for i in indices]
-        inputs = torch.stack([torch.as_tensor(x) for x, _ in items]).to(self.device)
-        with torch.no_grad():
-            features, projection = self.model(inputs)
         columns = {
             "index": pa.array(indices, pa.int64()),
             "id": [item_source(self.dataset.dataset, int(i)) for i in indices],
             "label": pa.array([int(y) for _, y in items], pa.int64()),
-            "embedding": self._column(features),
         }
+        if self.request.tower == "text":
+            captions = [caption for (_, caption), _ in items]
+            with torch.no_grad():
+                columns["caption"] = captions
+                columns["embedding"] = self._column(self.model.embed_text(captions))
+            return pa.table(columns)
+        inputs = torch.stack([torch.as_tensor(x) for x, _ in items]).to(self.device)
+        with torch.no_grad():
+            features, projection = self.model(inputs)
+        columns["embedding"] = self._column(features)
         if self.request.head:
             columns["projection"] = self._column(projection)
         return pa.table(columns)
@@ -138,7 +151,7 @@ def plan_for(
     ``cluster.*``) is this command line's alone, over the package's defaults: the run's
     recorded cluster is ignored (a downloaded run could name any Ray address). The checkpoint's
     weights are loaded once here, so a checkpoint that does not load or fit is refused before
-    Ray starts. ``options`` are :class:`EmbedRequest` fields (split, head, normalize)."""
+    Ray starts. ``options`` are :class:`EmbedRequest` fields (split, head, normalize, tower)."""
     from raycl.config import load_config, parse_overrides, with_overrides
     from raycl.encoder import load_encoder
 
@@ -171,10 +184,20 @@ def plan_for(
 
 
 def open_split(request: EmbedRequest) -> Any:
-    """The requested evaluation split (a :class:`~raycl.data.guard.GuardedDataset`)."""
-    from raycl.data import build_datasets
+    """The requested evaluation split (a :class:`~raycl.data.guard.GuardedDataset`); for the
+    text tower, the split's image–caption pairs."""
+    from raycl.data import GuardedDataset, build_datasets
 
     bundle = build_datasets(request.data, request.seed)
+    if request.tower == "text":
+        if bundle.captions is None:
+            raise ConfigError(
+                f"--tower text: data set {request.data.name!r} has no captions (a two-tower "
+                "run's paired data has)"
+            )
+        if request.split == "train":
+            return bundle.train_contrastive
+        return GuardedDataset(bundle.captions.pairs, request.data.on_bad_item)
     return bundle.test_eval if request.split == "test" else bundle.train_eval
 
 
@@ -185,6 +208,8 @@ def check_fit(request: EmbedRequest) -> int:
     split = open_split(request)
     if len(split) == 0:
         raise DataError(f"data: the {request.split} split of {request.data.name!r} is empty")
+    if request.tower == "text":
+        return len(split)
     shape = list(torch.as_tensor(split[0][0]).shape)
     if shape != expected:
         raise DataError(
@@ -274,7 +299,7 @@ def _write(
     writer, rows, first_batch = None, 0, (time.perf_counter(), 0)
     try:
         with Progress() as progress:
-            task = progress.add_task(f"embed {request.split}", total=n)
+            task = progress.add_task(f"embed {request.split} ({request.tower})", total=n)
             for table in tables:
                 first = table["index"][0].as_py() if table.num_rows else rows
                 if first != rows:

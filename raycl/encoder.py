@@ -47,14 +47,23 @@ class EncoderInfo:
 def load_encoder(
     path: str | Path, checkpoint: str | Path | None = None, with_head: bool = False
 ) -> tuple[nn.Module, Callable[[Any], torch.Tensor], EncoderInfo]:
-    """``(encoder, transform, info)`` of a run directory or a checkpoint directory."""
+    """``(encoder, transform, info)`` of a run directory or a checkpoint directory.
+
+    A two-tower run's encoder is its whole :class:`~raycl.towers.TwoTowerModel`, with or
+    without ``with_head``: ``encoder(images)`` gives the image tower's ``(features,
+    embeddings)`` and ``encoder.embed_text(texts)`` the text tower's embeddings of strings.
+    """
     from raycl.data import evaluation_transform
-    from raycl.models import build_model
+    from raycl.losses import PairedLoss, build_loss
+    from raycl.models import TWO_TOWER, build_model
 
     chosen = choose_checkpoint(Path(path), checkpoint)
     record = run_record(chosen)
     config = recorded_config(chosen)
-    model = build_model(config.model, record["in_channels"])
+    two_tower = config.model.name == TWO_TOWER
+    loss = build_loss(**config.loss) if two_tower else None
+    head = loss.logit_head() if isinstance(loss, PairedLoss) else None
+    model = build_model(config.model, record["in_channels"], head, record["input_shape"][-1])
     state = load_state(chosen)
     try:
         model.load_state_dict(state["model"])
@@ -73,4 +82,5 @@ def load_encoder(
         in_channels=record["in_channels"],
         num_classes=record["num_classes"],
     )
-    return (model if with_head else model.encoder), evaluation_transform(config.data), info
+    encoder = model if with_head or two_tower else model.encoder
+    return encoder, evaluation_transform(config.data), info

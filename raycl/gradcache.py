@@ -74,7 +74,7 @@ class EncodedBatch:
 
 def encode(
     model: nn.Module,
-    inputs: Tensor,
+    inputs: Tensor | tuple[Tensor, ...],
     chunk_size: int | None = None,
     *,
     device: torch.device | None = None,
@@ -82,7 +82,9 @@ def encode(
     select: Select | None = None,
     replay_rng: bool = True,
 ) -> EncodedBatch:
-    """Encode ``inputs`` (batch along dim 0) with ``model``, in one pass or gradient-cached chunks.
+    """Encode ``inputs`` (batch along dim 0; a tuple of such tensors, e.g. a two-tower model's
+    images and tokens, is chunked alike and passed as a tuple) with ``model``, in one pass or
+    gradient-cached chunks.
 
     ``chunk_size`` None: ``select(model(inputs))`` with autograd, as a plain training step.
     Otherwise pass 1 (module docstring) over chunks of ``chunk_size`` items — the last one
@@ -97,15 +99,19 @@ def encode(
     (default: the output itself); ``replay_rng=False`` disables RNG replay (tests only: pass 2
     then draws new dropout masks and the gradient is wrong).
     """
-    device = inputs.device if device is None else torch.device(device)
+    parts = inputs if isinstance(inputs, tuple) else (inputs,)
+    device = parts[0].device if device is None else torch.device(device)
     autocast = autocast if autocast is not None else nullcontext()
     select = select if select is not None else _identity
     if chunk_size is None:
         with autocast:
-            return EncodedBatch(select(model(inputs.to(device, non_blocking=True))))
+            return EncodedBatch(select(model(_on(device, parts, inputs))))
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1 or None, got {chunk_size!r}")
-    chunks = [inputs[start : start + chunk_size] for start in range(0, len(inputs), chunk_size)]
+    chunks = [
+        tuple(part[start : start + chunk_size] for part in parts)
+        for start in range(0, len(parts[0]), chunk_size)
+    ]
     module = model.module if isinstance(model, DistributedDataParallel) else model
     cuda_devices = []
     if device.type == "cuda":
@@ -116,7 +122,7 @@ def encode(
     with torch.no_grad(), autocast:
         for chunk in chunks:
             states.append(RngState(cuda_devices))
-            outputs.append(select(module(chunk.to(device, non_blocking=True))))
+            outputs.append(select(module(_on(device, chunk, inputs))))
         for buffer, saved in saved_buffers:
             buffer.copy_(saved)
     embeddings = torch.cat(outputs).requires_grad_(True)
@@ -131,11 +137,17 @@ def encode(
             replay = state.replay() if replay_rng else nullcontext()
             with sync:
                 with replay, autocast:
-                    out = select(model(chunk.to(device, non_blocking=True)))
-                out.backward(grad[start : start + len(chunk)])
-            start += len(chunk)
+                    out = select(model(_on(device, chunk, inputs)))
+                out.backward(grad[start : start + len(out)])
+            start += len(out)
 
     return EncodedBatch(embeddings, pass_2)
+
+
+def _on(device: torch.device, parts: tuple[Tensor, ...], like: Any) -> Any:
+    """``parts`` moved to ``device``: a tuple if the caller's inputs were one, else a tensor."""
+    moved = tuple(part.to(device, non_blocking=True) for part in parts)
+    return moved if isinstance(like, tuple) else moved[0]
 
 
 def _identity(output: Any) -> Tensor:

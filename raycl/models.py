@@ -15,7 +15,9 @@ import torch
 from torch import nn
 from torchvision import models
 
+from raycl.losses.logits import LogitHead
 from raycl.schema import ModelConfig
+from raycl.towers import OPEN_CLIP_VISION, TwoTowerModel, build_two_tower, check_towers
 
 __all__ = [
     "ENCODERS",
@@ -174,7 +176,9 @@ ENCODERS: dict[str, Callable[[ModelConfig, int], nn.Module]] = {
     "conv1d": lambda model, channels: Conv1DEncoder(channels, model.width),
     **{name: partial(_resnet_encoder, name) for name in _RESNETS},
 }
-MODELS = tuple(ENCODERS)
+TWO_TOWER = "two_tower"  # an image and a text tower (raycl.towers), for the paired losses
+MODELS = (*ENCODERS, TWO_TOWER)
+IMAGE_TOWERS = (*(name for name in ENCODERS if name != "conv1d"), *OPEN_CLIP_VISION)
 
 
 def models_for(item_dims: int, in_channels: int) -> list[str]:
@@ -188,9 +192,14 @@ def models_for(item_dims: int, in_channels: int) -> list[str]:
 
 def check_model(model: ModelConfig) -> None:
     """One-line ``ValueError`` naming the ``model.*`` key of a bad ``model`` section."""
-    if model.name not in ENCODERS:
-        raise ValueError(f"model.name must be one of {list(ENCODERS)}, got {model.name!r}")
+    if model.name not in MODELS:
+        raise ValueError(f"model.name must be one of {list(MODELS)}, got {model.name!r}")
     checks = [
+        (
+            "image_tower",
+            model.name != TWO_TOWER or model.image_tower in IMAGE_TOWERS,
+            f"must be one of {list(IMAGE_TOWERS)}",
+        ),
         ("width", model.width >= 1, "must be >= 1"),
         ("proj_dim", model.proj_dim >= 1, "must be >= 1"),
         ("proj_layers", model.proj_layers >= 1, "must be >= 1"),
@@ -203,16 +212,31 @@ def check_model(model: ModelConfig) -> None:
     for key, ok, rule in checks:
         if not ok:
             raise ValueError(f"model.{key} {rule}, got {getattr(model, key)!r}")
+    if model.name == TWO_TOWER:
+        check_towers(model)
 
 
-def build_model(model: ModelConfig, in_channels: int) -> ContrastiveModel:
+def build_model(
+    model: ModelConfig,
+    in_channels: int,
+    logit_head: LogitHead | None = None,
+    image_size: int | None = None,
+) -> ContrastiveModel | TwoTowerModel:
     """The encoder ``model.name`` (one of :data:`MODELS`) for ``in_channels`` inputs, plus
     its projection head (hidden width: ``proj_hidden_dim`` or the encoder's ``out_dim``).
 
     ``width`` applies to ``small_cnn`` and ``conv1d`` (1-D signals), ``cifar_stem`` to the
-    ResNets.
+    ResNets. ``two_tower`` builds :func:`raycl.towers.build_two_tower` around ``logit_head``
+    (the paired loss's) for images of ``image_size`` pixels.
     """
     check_model(model)
+    if model.name == TWO_TOWER:
+        if logit_head is None or image_size is None:
+            raise ValueError("model.name: two_tower needs a paired loss (loss=clip or siglip)")
+        encoder = None
+        if model.image_tower not in OPEN_CLIP_VISION:
+            encoder = ENCODERS[model.image_tower](model, in_channels)
+        return build_two_tower(model, in_channels, image_size, logit_head, encoder)
     encoder = ENCODERS[model.name](model, in_channels)
     head = ProjectionHead(
         encoder.out_dim,

@@ -33,6 +33,13 @@ class DataConfig:
     num_test_items: int | None = None
     item_shape: list[int] | None = None
     num_classes: int | None = None
+    # Image-caption pairs from files (data=pairs): parquet | webdataset, the Parquet columns
+    # (null: found by name; label: none), and class names for zero-shot evaluation
+    layout: str = "parquet"
+    image_column: str | None = None
+    caption_column: str | None = None
+    label_column: str | None = None
+    class_names: list[str] | None = None
 
 
 @dataclass
@@ -43,6 +50,13 @@ class ModelConfig:
     proj_hidden_dim: int | None = None
     proj_dim: int = 128
     proj_layers: int = 2
+    # model=two_tower (raycl.towers): the image tower (a raycl encoder, or open_clip's vit |
+    # modified_resnet), open_clip config overrides of the vision and text towers, and a state
+    # dict on disk to start from (proj_dim is the joint embedding)
+    image_tower: str = "small_cnn"
+    vision: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
+    pretrained: str | None = None
 
 
 @dataclass

@@ -38,8 +38,9 @@ from raycl.data import DatasetBundle, build_datasets
 from raycl.distributed import all_reduce_sum, distributed_loss, world_size
 from raycl.errors import DataError, TrainingDiverged
 from raycl.evaluate import alignment_from_batch, evaluate_representation
+from raycl.evaluate_towers import evaluate_towers
 from raycl.gradcache import encode
-from raycl.losses import ContrastiveLoss, LossTerms, build_loss
+from raycl.losses import ContrastiveLoss, LossTerms, PairedLoss, build_loss
 from raycl.metrics import DegenerateEmbeddings
 from raycl.models import build_model
 from raycl.optim import build_optimization, restore_schedule
@@ -120,7 +121,10 @@ def prepare(config: TrainConfig, session: Session) -> TrainingRun:
     _seed_everything(config.seed + session.rank)
     bundle = build_datasets(data, seed=config.seed)
     loader = session.training_batches(bundle.train_contrastive, data, config.seed)
-    model = session.prepare_model(build_model(config.model, bundle.in_channels))
+    loss_fn = build_loss(**config.loss)
+    head = loss_fn.logit_head() if isinstance(loss_fn, PairedLoss) else None
+    image_size = bundle.test_eval[0][0].shape[-1]
+    model = session.prepare_model(build_model(config.model, bundle.in_channels, head, image_size))
     steps = len(loader)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)
@@ -139,7 +143,7 @@ def prepare(config: TrainConfig, session: Session) -> TrainingRun:
         bundle,
         loader,
         model,
-        build_loss(**config.loss),
+        loss_fn,
         optimizer,
         scheduler,
         steps,
@@ -164,6 +168,8 @@ def train_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, float], dict[st
     for step, (views, labels) in enumerate(run.loader):
         if step >= run.steps:
             break
+        if run.bundle.captions is not None:  # image–caption pairs: the text tower's tokens
+            views = (views[0], _unwrap(run.model).tokenize(views[1]))
         try:
             result = training_step(
                 run.model,
@@ -203,7 +209,7 @@ class StepResult(NamedTuple):
 
 def training_step(
     model: torch.nn.Module,
-    views: torch.Tensor,
+    views: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
     labels: torch.Tensor | None,
     loss_fn: ContrastiveLoss,
     optimizer: torch.optim.Optimizer,
@@ -213,7 +219,8 @@ def training_step(
     autocast: AbstractContextManager | None = None,
     diagnose: bool = False,
 ) -> StepResult:
-    """One step on this worker's ``views`` (B, V, ...): encode, exact global loss, update.
+    """One step on this worker's ``views`` (B, V, ...) — or a two-tower model's pairs
+    ``(images, tokens)``, whose embeddings are two views — : encode, exact global loss, update.
 
     The encoder runs in one pass (``chunk_size`` None) or in gradient-cached chunks of
     ``chunk_size`` items (:func:`raycl.gradcache.encode`); everything else — the gathered loss,
@@ -249,8 +256,17 @@ def training_step(
 def evaluate(run: TrainingRun, final: bool) -> dict[str, float]:
     """The representation's monitors on the evaluation splits (the linear probe if ``final``)."""
     settings = run.config.eval
+    towers = {}
+    if run.bundle.captions is not None:
+        towers = evaluate_towers(
+            run.model,
+            run.bundle.captions,
+            run.bundle.test_eval,
+            batch_size=settings.batch_size,
+            device=run.device,
+        )
     try:
-        return evaluate_representation(
+        return towers | evaluate_representation(
             run.model,
             run.bundle.train_eval,
             run.bundle.test_eval,

@@ -137,6 +137,15 @@ def ray_cluster():
     ray.shutdown()
 
 
+def paired_partners(group: str, option: str) -> list[str]:
+    """The overrides a config option needs beside it: a two-tower model, a paired loss and
+    image-caption data compose only together."""
+    paired = {"loss": ("clip", "siglip"), "model": ("two_tower",), "data": ("digit_pairs", "pairs")}
+    if option not in paired.get(group, ()):
+        return []
+    return ["model=two_tower", "loss=clip", "data=digit_pairs"]
+
+
 def spawn_world(worker: Callable, tmp: Path, world: int) -> list[dict]:
     """Run ``worker(rank, init_file, out_dir)`` in ``world`` processes (one thread each) and
     return what each rank saved as ``out_dir/rank{r}.pt``."""

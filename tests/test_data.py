@@ -155,7 +155,9 @@ def test_digits_split_is_fixed_and_stratified() -> None:
 
 
 def test_build_digits_batches_views() -> None:
-    train, train_eval, test, num_classes, in_channels = build_datasets(data("digits", num_views=3))
+    train, train_eval, test, num_classes, in_channels, _ = build_datasets(
+        data("digits", num_views=3)
+    )
     views, labels = next(iter(DataLoader(train, batch_size=8)))
     assert views.shape == (8, 3, 1, 8, 8)
     assert labels.shape == (8,)
@@ -243,7 +245,7 @@ def test_cifar_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: typ
     _pin_md5s(monkeypatch, cls, tmp_path)
 
     name = "cifar10" if cls is CIFAR10 else "cifar100"
-    train, train_eval, test, num_classes, in_channels = build_datasets(data(name, tmp_path))
+    train, train_eval, test, num_classes, in_channels, _ = build_datasets(data(name, tmp_path))
     assert len(train) == len(train_eval) == 3 * len(cls.train_list)
     assert len(test) == 3
     assert train[0][0].shape == (2, 3, 32, 32)
@@ -260,7 +262,7 @@ def test_cifar_pickles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cls: typ
 def test_stl10_binaries(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     written = _write_stl10(tmp_path, {"train": 3, "unlabeled": 2, "test": 2})
     _pin_md5s(monkeypatch, STL10, tmp_path)
-    train, train_eval, test, num_classes, in_channels = build_datasets(data("stl10", tmp_path))
+    train, train_eval, test, num_classes, in_channels, _ = build_datasets(data("stl10", tmp_path))
     assert (len(train), len(train_eval), len(test)) == (5, 3, 2)
     assert train[0][0].shape == (2, 3, 96, 96)
     assert [train[i][1] for i in range(5)] == [0, 1, 2, -1, -1]
@@ -283,7 +285,7 @@ def test_missing_torchvision_files_name_root_and_download(tmp_path: Path, name: 
 def test_imagefolder_train_test(tmp_path: Path, test_dir: str) -> None:
     _write_folder(tmp_path / "train", ["cat", "dog", "owl"], per_class=2)
     _write_folder(tmp_path / test_dir, ["cat", "dog", "owl"], per_class=1)
-    train, train_eval, test, num_classes, in_channels = build_datasets(
+    train, train_eval, test, num_classes, in_channels, _ = build_datasets(
         data("imagefolder", tmp_path, num_views=4, image_size=8)
     )
     assert (len(train), len(train_eval), len(test)) == (6, 6, 3)
@@ -313,7 +315,9 @@ def test_class_split_is_class_disjoint(tmp_path: Path) -> None:
 
 def test_cub200_default_split_is_100_100(tmp_path: Path) -> None:
     _write_folder(tmp_path, [f"{i:03d}.bird" for i in range(1, 201)], per_class=1, size=4)
-    train, train_eval, test, num_classes, _ = build_datasets(data("cub200", tmp_path, image_size=4))
+    train, train_eval, test, num_classes, *_ = build_datasets(
+        data("cub200", tmp_path, image_size=4)
+    )
     assert len(train) == len(train_eval) == len(test) == num_classes == 100
     assert train[0][0].shape == (2, 3, 4, 4)
     assert test.classes[0] == "101.bird"
@@ -368,7 +372,7 @@ def test_parquet_errors(parquet_dir: tuple[Path, np.ndarray, list[int]], tmp_pat
 def test_build_parquet(tmp_path: Path) -> None:
     for split, n in (("train", 6), ("test", 4)):
         write_parquet_dataset(_images(n, 12), [i % 4 for i in range(n)], tmp_path / split)
-    train, train_eval, test, num_classes, in_channels = build_datasets(
+    train, train_eval, test, num_classes, in_channels, _ = build_datasets(
         data("parquet", tmp_path, image_size=8)
     )
     assert (len(train), len(train_eval), len(test)) == (6, 6, 4)

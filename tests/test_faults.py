@@ -185,7 +185,10 @@ def test_config_mistakes_are_one_line_naming_the_key_and_the_choices(tmp_path, c
         ),
         (["train", "data.batch_size_per_worker=-4", "--cfg"], "data.batch_size_per_worker must"),
         (["tune", "search.budget_trials=0", "--cfg"], "search.budget_trials must be >= 1"),
-        (["train", "loss=nosuch"], "loss=nosuch: no such option; choose one of dhel, infonce,"),
+        (
+            ["train", "loss=nosuch"],
+            "loss=nosuch: no such option; choose one of clip, dhel, infonce,",
+        ),
         (["tune", "search=bogus"], "search=bogus: no such option; choose one of asha, cd, gp,"),
         (
             ["train", "data=imagefolder", f"data.root={tmp_path / 'empty'}", "--cfg"],

@@ -10,6 +10,7 @@ import pytest
 
 from raycl.checkpoint import run_checkpoints, verify_checkpoint
 from raycl.config import ConfigError, load_config
+from tests.conftest import paired_partners
 
 QUICK = [
     "epochs=2",
@@ -61,7 +62,7 @@ def test_every_registry_name_has_its_yaml_and_every_yaml_composes():
     assert set(options["space"]) == set(LOSSES)
     for group in ("loss", "data", "model", "optim", "cluster", "tracking"):
         for option in options[group]:
-            cfg = load_config([f"{group}={option}"])
+            cfg = load_config([*paired_partners(group, option), f"{group}={option}"])
             assert getattr(cfg, group) is not None
     for option in options["search"]:
         assert load_tune_config([f"search={option}"]).search.method == option

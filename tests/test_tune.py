@@ -9,7 +9,7 @@ from ray.tune import Callback
 from raycl.config import ConfigError
 from raycl.losses import LOSSES
 from raycl.search.tuner import load_tune_config
-from tests.conftest import TINY_TRAINING
+from tests.conftest import TINY_TRAINING, paired_partners
 
 TINY = [*TINY_TRAINING, "search.max_concurrent_trials=2"]
 
@@ -37,7 +37,7 @@ def test_bad_search_configs_are_one_line_errors(overrides, match):
 
 @pytest.mark.parametrize("loss", sorted(LOSSES))
 def test_every_loss_has_a_search_space_with_the_batch_size(loss):
-    cfg = load_tune_config([f"loss={loss}"])
+    cfg = load_tune_config([*paired_partners("loss", loss), f"loss={loss}"])
     assert cfg.space["loss"] and cfg.space["data"]["batch_size_per_worker"]["scale"] == "pow2"
 
 

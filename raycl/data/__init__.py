@@ -19,11 +19,12 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from raycl.data import digits, mnist1d, parquet, synthetic, vision
+from raycl.data import caption_pairs, digit_pairs, digits, mnist1d, parquet, synthetic, vision
 from raycl.data.builder import DatasetBundle, DatasetSpec
 from raycl.data.digits import DigitsDataset
 from raycl.data.guard import ON_BAD_ITEM, GuardedDataset
 from raycl.data.mnist1d import MNIST1DDataset
+from raycl.data.paired_files import LAYOUTS
 from raycl.data.parquet import ParquetImageDataset, read_ray_dataset, write_parquet_dataset
 from raycl.data.synthetic import SyntheticDataset
 from raycl.data.transforms import (
@@ -63,6 +64,7 @@ __all__ = [
 
 DATASETS: dict[str, DatasetSpec] = {
     "digits": digits.DIGITS,
+    "digit_pairs": digit_pairs.DIGIT_PAIRS,
     "mnist1d": mnist1d.MNIST1D,
     "cifar10": vision.CIFAR10,
     "cifar100": vision.CIFAR100,
@@ -72,6 +74,7 @@ DATASETS: dict[str, DatasetSpec] = {
     "cars196": vision.CARS196,
     "sop": vision.SOP,
     "parquet": parquet.PARQUET,
+    "pairs": caption_pairs.PAIRS,
     "synthetic": synthetic.SYNTHETIC,
 }
 
@@ -115,6 +118,7 @@ def build_datasets(data: DataConfig, seed: int = 0) -> DatasetBundle:
         GuardedDataset(bundle.test_eval, data.on_bad_item),
         num_classes=bundle.num_classes,
         in_channels=bundle.in_channels,
+        captions=bundle.captions,
     )
 
 
@@ -145,6 +149,7 @@ def check_data(data: DataConfig) -> None:
         ("loader_workers", data.loader_workers >= 0, "must be >= 0"),
         ("ingest", data.ingest in INGESTS, f"must be one of {list(INGESTS)}"),
         ("on_bad_item", data.on_bad_item in ON_BAD_ITEM, f"must be one of {list(ON_BAD_ITEM)}"),
+        ("layout", data.layout in LAYOUTS, f"must be one of {list(LAYOUTS)}"),
         (
             "ingest",
             data.ingest == "loader" or data.name == "parquet",

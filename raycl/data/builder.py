@@ -23,6 +23,7 @@ from raycl.schema import DataConfig
 
 __all__ = [
     "SOURCE_SPLIT",
+    "CaptionEval",
     "DatasetBundle",
     "DatasetSpec",
     "OpenSplit",
@@ -32,14 +33,23 @@ __all__ = [
 ]
 
 
-class DatasetBundle(NamedTuple):
-    """What :func:`~raycl.data.build_datasets` returns (unpacks as a 5-tuple)."""
+class CaptionEval(NamedTuple):
+    """What a paired data set adds for evaluating a two-tower model."""
 
-    train_contrastive: Dataset  # train split, items (views (V, C, H, W), label)
+    pairs: Dataset  # held-out pairs, items ((image (C, H, W), caption), label)
+    class_prompts: list[list[str]]  # per class, the zero-shot prompts (held-out templates)
+
+
+class DatasetBundle(NamedTuple):
+    """What :func:`~raycl.data.build_datasets` returns."""
+
+    train_contrastive: Dataset  # train split, items (views (V, C, H, W), label) or, paired,
+    # ((image (C, H, W), caption), label)
     train_eval: Dataset  # train split, items (image (C, H, W), label)
     test_eval: Dataset  # test split, items (image (C, H, W), label)
     num_classes: int
     in_channels: int
+    captions: CaptionEval | None = None  # paired data sets only
 
 
 def _float_tensor() -> Callable[[Any], torch.Tensor]:
@@ -59,6 +69,8 @@ class DatasetSpec:
     # what the evaluation transform takes, in a user's words (encoder.json says it); None:
     # a decoded image for photo sets, else an array of the item's shape
     raw_item: str | None = None
+    # items are image–caption pairs (a two-tower model and a paired loss train on it)
+    paired: bool = False
 
     def raw_input(self) -> str:
         """What the data set's evaluation transform takes: a raw item as a user holds it."""

@@ -1,0 +1,173 @@
+"""Two-tower models (CLIP, SigLIP): an image tower and a text tower joined by the loss's head.
+
+The image tower is one of raycl's encoders with a linear projection to the joint embedding
+(``model.image_tower`` small_cnn, resnet18, resnet50), or open_clip's vision transformer
+(``vit``) or modified ResNet (``modified_resnet``); the text tower is open_clip's text
+transformer with open_clip's BPE tokenizer, whose vocabulary ships inside the package (nothing
+is downloaded; weights start random unless ``model.pretrained`` names a state dict on disk).
+``model.vision`` and ``model.text`` override open_clip's tower configs (``CLIPVisionCfg``,
+``CLIPTextCfg``); the defaults are sized for a CPU.
+
+:class:`TwoTowerModel` takes a pair batch ``(images, tokens)`` and returns the towers'
+embeddings ``(B, 2, D)`` and the logit embeddings ``(B, 2, D')`` of the
+:class:`~raycl.losses.logits.LogitHead` — the pair as two views, which every loss engine, the
+all-gather and gradient caching take as they are. Given images alone it is an image encoder
+``(features, embeddings)``, so kNN, the linear probe and ``raycl embed`` work on its image side.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _build_vision_tower
+from open_clip.tokenizer import SimpleTokenizer
+from torch import Tensor, nn
+
+from raycl.losses.logits import LogitHead
+from raycl.schema import ModelConfig
+
+OPEN_CLIP_VISION = ("vit", "modified_resnet")
+# CPU-sized towers; model.vision / model.text override any open_clip config key.
+VISION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "vit": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 2},
+    "modified_resnet": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
+}
+TEXT_DEFAULTS: dict[str, Any] = {"context_length": 24, "width": 64, "heads": 2, "layers": 2}
+
+
+class ProjectedEncoder(nn.Module):
+    """A raycl encoder and a linear map to the joint embedding: ``x -> (features, embedding)``."""
+
+    def __init__(self, encoder: nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.proj = nn.Linear(encoder.out_dim, embed_dim, bias=False)
+        self.out_dim: int = encoder.out_dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        features = self.encoder(x)
+        return features, self.proj(features)
+
+
+class OpenCLIPVision(nn.Module):
+    """open_clip's vision tower (already projected): its output is both features and embedding.
+    It takes RGB; a grey image is given as three equal channels."""
+
+    def __init__(self, tower: nn.Module, embed_dim: int) -> None:
+        super().__init__()
+        self.tower = tower
+        self.out_dim = embed_dim
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        embedding = self.tower(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+        return embedding, embedding
+
+
+class TwoTowerModel(nn.Module):
+    """Image tower + text tower + logit head (module docstring); ``tokenize`` turns captions
+    into the text tower's input."""
+
+    item_dims = 3
+
+    def __init__(
+        self, image: nn.Module, text: nn.Module, head: LogitHead, context_length: int
+    ) -> None:
+        super().__init__()
+        self.image = image
+        self.text = text
+        self.head = head
+        self.context_length = context_length
+        self.out_dim: int = image.out_dim
+
+    def forward(self, inputs: Tensor | Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        if isinstance(inputs, Tensor):
+            return self.image(inputs)
+        images, tokens = inputs
+        image, text = self.image(images)[1], self.text(tokens)
+        return torch.stack([image, text], 1), self.head(image, text)
+
+    def encode_text(self, tokens: Tensor) -> Tensor:
+        """The text tower's embeddings ``(N, D)`` of token ids ``(N, context_length)``."""
+        return self.text(tokens)
+
+    def embed_text(self, texts: Sequence[str]) -> Tensor:
+        """The text tower's embeddings ``(N, D)`` of strings (tokenised here)."""
+        device = next(self.parameters()).device
+        return self.encode_text(self.tokenize(texts).to(device))
+
+    def tokenize(self, texts: Sequence[str]) -> Tensor:
+        """Token ids ``(N, context_length)`` of ``texts`` (open_clip's BPE; longer texts cut)."""
+        return tokenizer(self.context_length)(list(texts))
+
+
+@cache
+def tokenizer(context_length: int) -> SimpleTokenizer:
+    """open_clip's BPE tokenizer (its vocabulary ships in the package), built once a process."""
+    return SimpleTokenizer(context_length=context_length)
+
+
+def check_towers(model: ModelConfig) -> None:
+    """One-line ``ValueError`` naming the open_clip key of a bad two-tower section (the image
+    tower's name is :func:`raycl.models.check_model`'s)."""
+    for key, fields, given in (
+        ("vision", CLIPVisionCfg.__dataclass_fields__, model.vision),
+        ("text", CLIPTextCfg.__dataclass_fields__, model.text),
+    ):
+        unknown = sorted(set(given) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"model.{key} has no key {unknown[0]!r}; see open_clip's CLIP{key.title()}Cfg"
+            )
+    if model.pretrained is not None and not Path(model.pretrained).is_file():
+        raise ValueError(f"model.pretrained: no file {model.pretrained!r}")
+
+
+def build_two_tower(
+    model: ModelConfig,
+    in_channels: int,
+    image_size: int,
+    head: LogitHead,
+    image_encoder: nn.Module | None = None,
+) -> TwoTowerModel:
+    """The two towers of the ``model`` section (``proj_dim`` is the joint embedding), joined by
+    ``head`` (the loss's :meth:`~raycl.losses.paired.PairedLoss.logit_head`); the image tower
+    is ``image_encoder`` (a raycl encoder) projected, or open_clip's when it is None."""
+    check_towers(model)
+    dim = model.proj_dim
+    if image_encoder is None:
+        vision = {**VISION_DEFAULTS[model.image_tower], "image_size": image_size, **model.vision}
+        if model.image_tower == "modified_resnet":
+            vision["layers"] = tuple(vision["layers"])
+            if image_size % 32:
+                raise ValueError(
+                    f"model.image_tower: modified_resnet needs images of a multiple of 32 "
+                    f"pixels (it downsamples 32×), the data has {image_size}"
+                )
+        if in_channels not in (1, 3):
+            raise ValueError(
+                f"model.image_tower: {model.image_tower} takes RGB or grey images, the data "
+                f"has {in_channels} channels"
+            )
+        image: nn.Module = OpenCLIPVision(_build_vision_tower(dim, CLIPVisionCfg(**vision)), dim)
+    else:
+        image = ProjectedEncoder(image_encoder, dim)
+    text_cfg = CLIPTextCfg(**{**TEXT_DEFAULTS, **model.text})
+    two_tower = TwoTowerModel(
+        image, _build_text_tower(dim, text_cfg), head, text_cfg.context_length
+    )
+    if model.pretrained is not None:
+        two_tower.load_state_dict(load_weights(Path(model.pretrained)))
+    return two_tower
+
+
+def load_weights(path: Path) -> dict[str, Tensor]:
+    """A state dict from safetensors or a plain tensor file (never unpickling code)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    return torch.load(path, map_location="cpu", weights_only=True)
