@@ -17,6 +17,12 @@ The output folder holds
 * with ``torchscript``: ``encoder.torchscript.pt``, the encoder traced in eval mode, which
   ``torch.jit.load`` runs with plain torch.
 
+A two-tower run (``model=two_tower``) writes ``image_tower.safetensors``,
+``text_tower.safetensors`` (open_clip's ``TextTransformer`` naming) and ``head.safetensors``
+(the learnt logit scale and bias) instead, and ``encoder.json`` adds the text tower's open_clip
+config, the tokenizer (open_clip's BPE ``SimpleTokenizer`` and its context length) and the
+data set's zero-shot prompts.
+
 The folder is written under a temporary name and renamed when complete; an existing output
 is replaced only with ``overwrite``.
 """
@@ -33,10 +39,15 @@ from typing import Any
 import torch
 
 from raycl.data import DATASETS
-from raycl.encoder import load_encoder
+from raycl.encoder import EncoderInfo, load_encoder
 from raycl.errors import CheckpointError
+from raycl.models import TWO_TOWER
+from raycl.towers import TwoTowerModel, text_config
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet50")
+# the files written, and the part of the model each holds
+ENCODER_FILES = {"encoder": "encoder", "head": "head"}
+TOWER_FILES = {"image_tower": "image", "text_tower": "text", "head": "head"}
 
 
 def normalisation(transform: Any) -> dict[str, list[float]] | None:
@@ -62,28 +73,17 @@ def export_encoder(
         raise CheckpointError(f"--output {out} exists; pass --overwrite to replace it")
     model, transform, info = load_encoder(path, checkpoint, with_head=True)
     name = info.config.model.name
+    two_tower = name == TWO_TOWER
+    if two_tower and torchscript:
+        raise CheckpointError("--torchscript: a two-tower model's tokenizer is Python; drop it")
     staging = out.with_name(out.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
-    for part in ("encoder", "head"):
+    for file, part in (TOWER_FILES if two_tower else ENCODER_FILES).items():
         weights = {k: v.contiguous() for k, v in getattr(model, part).state_dict().items()}
-        save_file(weights, staging / f"{part}.safetensors", metadata={"raycl.model": name})
-    description = {
-        "model": dataclasses.asdict(info.config.model),
-        "backbone": f"torchvision.models.{name}" if name in TORCHVISION_BACKBONES else name,
-        "input": DATASETS[info.config.data.name].raw_input(),
-        "input_shape": info.input_shape,
-        "in_channels": info.in_channels,
-        "normalization": normalisation(transform),
-        "transform": repr(transform),
-        "feature_dim": model.out_dim,
-        "embedding_dim": model.embed_dim,
-        "checkpoint": info.checkpoint,
-        "epoch": info.epoch,
-        "metrics": {k: v for k, v in info.metrics.items() if isinstance(v, int | float)},
-        "loading": _loading_notes(name, info.config.model.cifar_stem),
-    }
-    (staging / "encoder.json").write_text(json.dumps(description, indent=2))
+        save_file(weights, staging / f"{file}.safetensors", metadata={"raycl.model": name})
+    describe = _two_tower_description if two_tower else _encoder_description
+    (staging / "encoder.json").write_text(json.dumps(describe(model, transform, info), indent=2))
     if torchscript:
         example = torch.zeros(1, *info.input_shape)
         with torch.no_grad(), warnings.catch_warnings():
@@ -94,6 +94,68 @@ def export_encoder(
         shutil.rmtree(out)
     staging.rename(out)
     return out
+
+
+def _encoder_description(model: Any, transform: Any, info: EncoderInfo) -> dict[str, Any]:
+    """``encoder.json`` of a one-encoder run."""
+    name = info.config.model.name
+    return {
+        "model": dataclasses.asdict(info.config.model),
+        "backbone": f"torchvision.models.{name}" if name in TORCHVISION_BACKBONES else name,
+        "input": DATASETS[info.config.data.name].raw_input(),
+        "input_shape": info.input_shape,
+        "in_channels": info.in_channels,
+        "normalization": normalisation(transform),
+        "transform": repr(transform),
+        "feature_dim": model.out_dim,
+        "embedding_dim": model.embed_dim,
+        **_provenance(info),
+        "loading": _loading_notes(name, info.config.model.cifar_stem),
+    }
+
+
+def _provenance(info: EncoderInfo) -> dict[str, Any]:
+    return {
+        "checkpoint": info.checkpoint,
+        "epoch": info.epoch,
+        "metrics": {k: v for k, v in info.metrics.items() if isinstance(v, int | float)},
+    }
+
+
+def _two_tower_description(
+    model: TwoTowerModel, transform: Any, info: EncoderInfo
+) -> dict[str, Any]:
+    """``encoder.json`` of a two-tower run: both towers, the tokenizer and the prompts."""
+    from raycl.data import build_datasets
+
+    config = info.config
+    captions = build_datasets(config.data, config.seed).captions
+    return {
+        "model": dataclasses.asdict(config.model),
+        "loss": dict(config.loss),
+        "input": DATASETS[config.data.name].raw_input(),
+        "input_shape": info.input_shape,
+        "in_channels": info.in_channels,
+        "normalization": normalisation(transform),
+        "transform": repr(transform),
+        "embedding_dim": config.model.proj_dim,
+        "text_tower": text_config(config.model),
+        "tokenizer": {
+            "name": "open_clip.tokenizer.SimpleTokenizer (BPE, bpe_simple_vocab_16e6)",
+            "context_length": model.context_length,
+        },
+        "logits": model.head.metrics(),
+        "prompts": captions.class_prompts if captions is not None else [],
+        **_provenance(info),
+        "loading": (
+            "import raycl; model, transform, info = raycl.load_encoder(RUN_DIR)  # then "
+            "model(images) -> (features, embeddings), model.embed_text(texts); without "
+            "raycl: open_clip.model._build_text_tower(embedding_dim, "
+            "open_clip.model.CLIPTextCfg(**text_tower)).load_state_dict("
+            "safetensors.torch.load_file('text_tower.safetensors')), tokens from "
+            "open_clip.tokenizer.SimpleTokenizer(context_length=...)"
+        ),
+    }
 
 
 def _loading_notes(name: str, cifar_stem: bool) -> str:

@@ -206,6 +206,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     import torch
 
     from raycl.data import build_datasets
+    from raycl.losses import logit_head_for
     from raycl.models import build_model, models_for
 
     try:
@@ -224,7 +225,8 @@ def check_inputs(cfg: TrainConfig) -> None:
             f"({size} items)"
         )
     item = bundle.test_eval[0][0]
-    model = build_model(cfg.model, bundle.in_channels).eval()
+    head = logit_head_for(cfg.loss)
+    model = build_model(cfg.model, bundle.in_channels, head, item.shape[-1]).eval()
     try:
         with torch.no_grad():
             model(item.unsqueeze(0))

@@ -51,11 +51,16 @@ class ModelConfig:
     proj_dim: int = 128
     proj_layers: int = 2
     # model=two_tower (raycl.towers): the image tower (a raycl encoder, or open_clip's vit |
-    # modified_resnet), open_clip config overrides of the vision and text towers, and a state
-    # dict on disk to start from (proj_dim is the joint embedding)
+    # modified_resnet) and the sizes of open_clip's towers; a state dict on disk to start
+    # from. proj_dim is the joint embedding.
     image_tower: str = "small_cnn"
-    vision: dict[str, Any] = field(default_factory=dict)
-    text: dict[str, Any] = field(default_factory=dict)
+    vision_width: int = 64  # vit: width (heads of 32); modified_resnet: stem width
+    vision_layers: int = 2  # vit: blocks; modified_resnet: blocks per stage (4 stages)
+    patch_size: int = 2  # vit
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 2
+    context_length: int = 24  # tokens per caption (longer captions are cut)
     pretrained: str | None = None
 
 

@@ -5,8 +5,8 @@ The image tower is one of raycl's encoders with a linear projection to the joint
 (``vit``) or modified ResNet (``modified_resnet``); the text tower is open_clip's text
 transformer with open_clip's BPE tokenizer, whose vocabulary ships inside the package (nothing
 is downloaded; weights start random unless ``model.pretrained`` names a state dict on disk).
-``model.vision`` and ``model.text`` override open_clip's tower configs (``CLIPVisionCfg``,
-``CLIPTextCfg``); the defaults are sized for a CPU.
+``model.vision_*``, ``model.patch_size``, ``model.text_*`` and ``model.context_length`` size
+open_clip's towers (:func:`vision_config`, :func:`text_config`); the defaults suit a CPU.
 
 :class:`TwoTowerModel` takes a pair batch ``(images, tokens)`` and returns the towers'
 embeddings ``(B, 2, D)`` and the logit embeddings ``(B, 2, D')`` of the
@@ -31,12 +31,29 @@ from raycl.losses.logits import LogitHead
 from raycl.schema import ModelConfig
 
 OPEN_CLIP_VISION = ("vit", "modified_resnet")
-# CPU-sized towers; model.vision / model.text override any open_clip config key.
-VISION_DEFAULTS: dict[str, dict[str, Any]] = {
-    "vit": {"layers": 2, "width": 64, "head_width": 32, "patch_size": 2},
-    "modified_resnet": {"layers": [1, 1, 1, 1], "width": 16, "head_width": 16},
-}
-TEXT_DEFAULTS: dict[str, Any] = {"context_length": 24, "width": 64, "heads": 2, "layers": 2}
+HEAD_WIDTH = 32  # channels per attention head of open_clip's vision towers
+
+
+def vision_config(model: ModelConfig, image_size: int) -> CLIPVisionCfg:
+    """open_clip's vision config for ``model.image_tower`` (vit or modified_resnet)."""
+    layers = model.vision_layers
+    return CLIPVisionCfg(
+        layers=layers if model.image_tower == "vit" else (layers,) * 4,
+        width=model.vision_width,
+        head_width=HEAD_WIDTH,
+        patch_size=model.patch_size,
+        image_size=image_size,
+    )
+
+
+def text_config(model: ModelConfig) -> dict[str, Any]:
+    """open_clip's text config (``CLIPTextCfg`` keys) of the ``model`` section."""
+    return {
+        "context_length": model.context_length,
+        "width": model.text_width,
+        "heads": model.text_heads,
+        "layers": model.text_layers,
+    }
 
 
 class ProjectedEncoder(nn.Module):
@@ -111,17 +128,18 @@ def tokenizer(context_length: int) -> SimpleTokenizer:
 
 
 def check_towers(model: ModelConfig) -> None:
-    """One-line ``ValueError`` naming the open_clip key of a bad two-tower section (the image
+    """One-line ``ValueError`` naming the ``model.*`` key of a bad two-tower section (the image
     tower's name is :func:`raycl.models.check_model`'s)."""
-    for key, fields, given in (
-        ("vision", CLIPVisionCfg.__dataclass_fields__, model.vision),
-        ("text", CLIPTextCfg.__dataclass_fields__, model.text),
+    sizes = ("vision_width", "vision_layers", "patch_size", "text_width", "text_layers")
+    for key in (*sizes, "text_heads", "context_length"):
+        if getattr(model, key) < 1:
+            raise ValueError(f"model.{key} must be >= 1, got {getattr(model, key)!r}")
+    for key, width, heads in (
+        ("text_heads", model.text_width, model.text_heads),
+        ("vision_width", model.vision_width, HEAD_WIDTH if model.image_tower == "vit" else 1),
     ):
-        unknown = sorted(set(given) - set(fields))
-        if unknown:
-            raise ValueError(
-                f"model.{key} has no key {unknown[0]!r}; see open_clip's CLIP{key.title()}Cfg"
-            )
+        if width % heads:
+            raise ValueError(f"model.{key}: {width} channels do not split into heads of {heads}")
     if model.pretrained is not None and not Path(model.pretrained).is_file():
         raise ValueError(f"model.pretrained: no file {model.pretrained!r}")
 
@@ -139,23 +157,21 @@ def build_two_tower(
     check_towers(model)
     dim = model.proj_dim
     if image_encoder is None:
-        vision = {**VISION_DEFAULTS[model.image_tower], "image_size": image_size, **model.vision}
-        if model.image_tower == "modified_resnet":
-            vision["layers"] = tuple(vision["layers"])
-            if image_size % 32:
-                raise ValueError(
-                    f"model.image_tower: modified_resnet needs images of a multiple of 32 "
-                    f"pixels (it downsamples 32×), the data has {image_size}"
-                )
+        if model.image_tower == "modified_resnet" and image_size % 32:
+            raise ValueError(
+                f"model.image_tower: modified_resnet needs images of a multiple of 32 "
+                f"pixels (it downsamples 32×), the data has {image_size}"
+            )
         if in_channels not in (1, 3):
             raise ValueError(
                 f"model.image_tower: {model.image_tower} takes RGB or grey images, the data "
                 f"has {in_channels} channels"
             )
-        image: nn.Module = OpenCLIPVision(_build_vision_tower(dim, CLIPVisionCfg(**vision)), dim)
+        tower = _build_vision_tower(dim, vision_config(model, image_size))
+        image: nn.Module = OpenCLIPVision(tower, dim)
     else:
         image = ProjectedEncoder(image_encoder, dim)
-    text_cfg = CLIPTextCfg(**{**TEXT_DEFAULTS, **model.text})
+    text_cfg = CLIPTextCfg(**text_config(model))
     two_tower = TwoTowerModel(
         image, _build_text_tower(dim, text_cfg), head, text_cfg.context_length
     )

@@ -25,9 +25,7 @@ from raycl.schema import DataConfig, ModelConfig
 from raycl.train import training_step
 
 TINY = dict(
-    proj_dim=16,
-    vision={"width": 32, "layers": 1, "head_width": 16},
-    text={"width": 32, "layers": 1, "heads": 2, "context_length": 16},
+    proj_dim=16, vision_width=32, vision_layers=1, text_width=32, text_layers=1, context_length=16
 )
 
 
@@ -149,8 +147,8 @@ def test_evaluation_reports_zero_shot_retrieval_and_the_head():
             "model.image_tower must be one of",
         ),
         (
-            ["model=two_tower", "loss=clip", "data=digit_pairs", "+model.text.depth=3"],
-            "model.text has no key 'depth'",
+            ["model=two_tower", "loss=clip", "data=digit_pairs", "model.text_heads=3"],
+            "model.text_heads: 64 channels do not split into heads of 3",
         ),
     ],
 )

@@ -169,6 +169,19 @@ def test_divergence_stops_with_a_clear_message(ray_cluster, tmp_path):
         run(tmp_path, "name=nan", "epochs=3", "optim.lr=1e30")
 
 
+@pytest.mark.slow
+def test_a_two_tower_run_on_two_workers_with_chunks(ray_cluster, tmp_path):
+    """CLIP over image–caption pairs on two Ray Train workers, both towers gradient-cached:
+    the gathered loss, the learnt scale and the two-tower evaluation end to end."""
+    towers = ["model=two_tower", "loss=clip", "data=digit_pairs", "model.text_layers=1"]
+    outcome = run(tmp_path, "name=towers", *towers, "train.chunk_size=24", "epochs=1")
+    last = outcome.metrics
+    assert last["global_batch"] == 128 and math.isfinite(last["loss"])
+    assert 0 <= last["zero_shot_top1"] <= 100 and last["recall_t2i@10"] >= 0
+    assert last["logit_scale"] != pytest.approx(1 / 0.07, abs=1e-6)  # it learnt
+    assert last["grad_norm_pos"] > 0 and last["grad_norm_ent"] > 0
+
+
 def test_a_chunk_larger_than_the_batch_is_one_chunk_as_the_readme_says():
     # README: "C ≥ the batch is one chunk"; a balance search that lowers the batch below a
     # configured chunk must not fail on it (the step's equality: tests/test_gradcache.py)

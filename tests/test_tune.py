@@ -145,3 +145,28 @@ def test_tpe_runs_the_configured_number_of_trials_at_once(ray_cluster, tmp_path)
     outcome = run_search(cfg, callbacks=[concurrency])
     assert concurrency.most == 2
     assert_a_real_search(outcome, 3)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("loss", ["siglip"])
+def test_a_search_over_a_paired_space(ray_cluster, tmp_path, loss):
+    """The shipped two-tower space under CD, unchanged: two trials on image–caption pairs,
+    ranked by zero-shot accuracy."""
+    from raycl.search.tuner import run_search
+
+    cfg = load_tune_config(
+        [
+            *TINY,
+            *paired_partners("loss", loss),
+            f"loss={loss}",
+            "model.text_layers=1",
+            "epochs=1",
+            "search.budget_trials=2",
+            "search.metric=zero_shot_top1",
+            f"storage_path={tmp_path}",
+        ]
+    )
+    outcome = run_search(cfg)
+    assert len(outcome.results) == 2 and not outcome.results.errors
+    assert 0 <= outcome.best_metrics["zero_shot_top1"] <= 100
+    assert {"loss.bias", "loss.temperature", "loss.weight"} <= set(outcome.best_config)
