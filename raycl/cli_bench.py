@@ -19,6 +19,23 @@ __all__ = ["BENCHES", "GPU_STAGES", "Bench"]
 GPU_STAGES = ("correctness", "loss", "train", "collectives")
 
 
+def pairs_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench pairs``."""
+    parser.add_argument(
+        "--families", nargs="+", default=["clip", "siglip"], choices=["clip", "siglip"]
+    )
+    parser.add_argument("--sizes", nargs="+", type=int, default=[4096, 8192, 16384])
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument(
+        "--max-baseline", type=int, default=16384, help="largest N for open_clip and materialised"
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs per measurement (the best)")
+    parser.add_argument(
+        "--extrapolate", type=int, default=1_000_000, help="pairs to state the tiled memory of"
+    )
+    parser.add_argument("--output", help="also write the markdown table to this file")
+
+
 def loss_options(parser: argparse.ArgumentParser) -> None:
     """The options of ``raycl bench loss``."""
     from raycl.config import group_options  # one YAML per raycl.losses.LOSSES name
@@ -55,6 +72,15 @@ def train_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
     parser.add_argument("--output", help="also write the markdown table to this file")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+
+
+def towers_options(parser: argparse.ArgumentParser) -> None:
+    """The options of ``raycl bench towers``."""
+    parser.add_argument("--workers", nargs="+", type=int, default=[1, 2], help="of 1 CPU each")
+    parser.add_argument("--epochs", type=int, default=2, help="the last epoch is measured")
+    parser.add_argument("--steps", type=int, default=20, help="training steps per epoch")
+    parser.add_argument("--output", help="also write the markdown table to this file")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of raycl's runs")
 
 
 def trials_options(parser: argparse.ArgumentParser) -> None:
@@ -199,7 +225,17 @@ BENCHES: dict[str, Bench] = {
     "loss": Bench(
         "tiled vs materialised losses vs the GEMM limit", loss_options, "raycl.bench.loss"
     ),
+    "pairs": Bench(
+        "CLIP and SigLIP tiled vs materialised vs open_clip's losses",
+        pairs_options,
+        "raycl.bench.pairs",
+    ),
     "train": Bench("training throughput for 1, 2, … workers", train_options, "raycl.bench.train"),
+    "towers": Bench(
+        "two-tower training vs a plain open_clip loop, 1 vs 2 workers",
+        towers_options,
+        "raycl.bench.towers",
+    ),
     "trials": Bench(
         "a Tune trial's overhead beyond its training", trials_options, "raycl.bench.trials"
     ),

@@ -303,11 +303,6 @@ def _pairing_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
             not (paired_data and cfg.data.supervised),
             "must be false for image-caption pairs (the paired losses take no labels)",
         ),
-        (
-            "data.ingest",
-            not (paired_data and cfg.data.ingest != "loader"),
-            "must be loader for image-caption pairs",
-        ),
     ]
 
 

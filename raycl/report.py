@@ -11,6 +11,9 @@ from raycl.runner import TrainOutcome
 from raycl.search.tuner import SearchOutcome
 
 SUMMARY_METRICS = (
+    ("zero_shot_top1", "zero-shot top-1 (%)"),
+    ("recall_i2t@1", "image→text R@1 (%)"),
+    ("recall_t2i@1", "text→image R@1 (%)"),
     ("knn_top1", "kNN top-1 (%)"),
     ("linear_probe", "linear probe (%)"),
     ("effective_rank", "effective rank"),

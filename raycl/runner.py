@@ -68,6 +68,8 @@ class TrainOutcome:
 def epoch_line(metrics: dict[str, float], epochs: int) -> str:
     """One console line of progress for an epoch's report."""
     knn = f"  kNN {metrics['knn_top1']:.2f}%" if "knn_top1" in metrics else ""
+    if "zero_shot_top1" in metrics:  # a two-tower run
+        knn = f"  zero-shot {metrics['zero_shot_top1']:.2f}%{knn}"
     return (
         f"epoch {metrics['epoch'] + 1:>3}/{epochs}  loss {metrics['loss']:.4f} "
         f"(pos {metrics['loss_pos']:.4f}, ent {metrics['loss_ent']:.4f}){knn}  "
@@ -91,7 +93,7 @@ def trainer_for(cfg: TrainConfig, callbacks: list | None = None):
     if cfg.data.ingest == "ray_data":
         from raycl.data.ray_ingest import contrastive_dataset
 
-        datasets = {"train": contrastive_dataset(cfg.data)}
+        datasets = {"train": contrastive_dataset(cfg.data, cfg.model.context_length)}
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": cfg},

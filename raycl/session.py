@@ -94,10 +94,13 @@ class RayTrainSession:
         """A ``DistributedSampler``-sharded loader of ``dataset``, or with
         ``data.ingest=ray_data`` this worker's Ray Data shard of it."""
         if data.ingest == "ray_data":
+            from raycl.data import DATASETS
             from raycl.data.ray_ingest import ShardBatches
 
             shard = self._train.get_dataset_shard("train")
-            return ShardBatches(shard, data.batch_size_per_worker, len(dataset), self.world_size)
+            paired = DATASETS[data.name].paired
+            size = data.batch_size_per_worker
+            return ShardBatches(shard, size, len(dataset), self.world_size, paired)
         return self._torch.prepare_data_loader(training_loader(dataset, data, seed))
 
 

@@ -168,8 +168,8 @@ def train_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, float], dict[st
     for step, (views, labels) in enumerate(run.loader):
         if step >= run.steps:
             break
-        if run.bundle.captions is not None:  # image–caption pairs: the text tower's tokens
-            views = (views[0], _unwrap(run.model).tokenize(views[1]))
+        if isinstance(views, list | tuple) and isinstance(views[1], list | tuple):
+            views = (views[0], _unwrap(run.model).tokenize(views[1]))  # captions → tokens
         try:
             result = training_step(
                 run.model,

@@ -101,6 +101,23 @@ def test_extreme_logits(name, temperature):
     assert torch.isfinite(value).all() and torch.isfinite(grad).all()
 
 
+@pytest.mark.parametrize("norm", [0.8, 2.0, 30.0])
+@pytest.mark.parametrize("name", ["infonce", "clip"])
+def test_unnormalised_logits_either_shift(name, norm):
+    """normalize=False bounds the logits by the largest norms: a fixed shift while their range
+    allows one (norms 0.8, 2), the running max beyond it (30: logits up to ±900·(1/τ))."""
+    from raycl.losses.tiled import TilePlan
+
+    x = make_views(seed=3, n_views=2, n_items=21, dim=8)
+    x = x / x.norm(dim=-1, keepdim=True) * norm
+    assert_same(name, x, None, block_size=8, normalize=False)
+    loss = build_loss(name, **PARAMS[name], normalize=False)
+    reduction = loss.reductions()[1]
+    plan = TilePlan(*flatten_batch(x)[1:] * 2, [reduction], 8, True, False)
+    shift = plan.fixed_shift(reduction, plan.similarity_bound(*[x.reshape(-1, 8)] * 2))
+    assert (shift is None) == (norm == 30.0)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_half_precision_inputs(name, dtype):

@@ -11,6 +11,7 @@ import pytest
 from raycl.checkpoint import run_checkpoints, verify_checkpoint
 from raycl.config import ConfigError, load_config
 from tests.conftest import paired_partners
+from tests.test_towers import write_pair_folders
 
 QUICK = [
     "epochs=2",
@@ -170,13 +171,20 @@ def test_divergence_stops_with_a_clear_message(ray_cluster, tmp_path):
 
 
 @pytest.mark.slow
-def test_a_two_tower_run_on_two_workers_with_chunks(ray_cluster, tmp_path):
-    """CLIP over image–caption pairs on two Ray Train workers, both towers gradient-cached:
-    the gathered loss, the learnt scale and the two-tower evaluation end to end."""
-    towers = ["model=two_tower", "loss=clip", "data=digit_pairs", "model.text_layers=1"]
-    outcome = run(tmp_path, "name=towers", *towers, "train.chunk_size=24", "epochs=1")
+def test_a_two_tower_run_streams_pairs_to_two_workers_in_chunks(ray_cluster, tmp_path):
+    """CLIP over WebDataset image–caption shards streamed by Ray Data (decoded and tokenised
+    in its tasks) to two Ray Train workers, both towers gradient-cached: the gathered loss,
+    the learnt scale and the two-tower evaluation end to end."""
+    write_pair_folders(tmp_path / "pairs", "webdataset", n=256)
+    towers = [
+        "model=two_tower", "loss=clip", "data=pairs", f"data.root={tmp_path / 'pairs'}",
+        "data.layout=webdataset", "data.ingest=ray_data", "data.image_size=16",
+        "data.batch_size_per_worker=32", "data.class_names=[red,green,blue]",
+        "model.text_layers=1", "train.chunk_size=12", "eval.knn_k=5",
+    ]  # fmt: skip
+    outcome = run(tmp_path, "name=towers", *towers, "epochs=1")
     last = outcome.metrics
-    assert last["global_batch"] == 128 and math.isfinite(last["loss"])
+    assert last["global_batch"] == 64 and last["steps"] == 4 and math.isfinite(last["loss"])
     assert 0 <= last["zero_shot_top1"] <= 100 and last["recall_t2i@10"] >= 0
     assert last["logit_scale"] != pytest.approx(1 / 0.07, abs=1e-6)  # it learnt
     assert last["grad_norm_pos"] > 0 and last["grad_norm_ent"] > 0

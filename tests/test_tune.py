@@ -170,3 +170,21 @@ def test_a_search_over_a_paired_space(ray_cluster, tmp_path, loss):
     assert len(outcome.results) == 2 and not outcome.results.errors
     assert 0 <= outcome.best_metrics["zero_shot_top1"] <= 100
     assert {"loss.bias", "loss.temperature", "loss.weight"} <= set(outcome.best_config)
+
+
+@pytest.mark.parametrize("loss", ["clip", "siglip"])
+def test_every_method_suggests_points_of_a_paired_space(loss):
+    """The shipped two-tower spaces (a categorical fixed-or-learnt temperature, the bias) work
+    with every search method unchanged: each suggests valid points."""
+    from raycl.search.methods import METHODS, build_search
+    from raycl.search.space import space_from_config
+
+    for method in METHODS:
+        cfg = load_tune_config([*paired_partners("loss", loss), f"loss={loss}", f"search={method}"])
+        space = space_from_config(cfg)
+        searcher = build_search(space, cfg.search, 0, cfg.epochs).searcher
+        searcher.set_search_properties("zero_shot_top1", "max", {})
+        for trial in range(3):
+            point = searcher.suggest(f"t{trial}")
+            assert {c.name for c in space.coordinates} <= set(point), (method, point)
+            assert 0.015625 <= point["loss.temperature"] <= 0.5

@@ -152,8 +152,8 @@ def check_data(data: DataConfig) -> None:
         ("layout", data.layout in LAYOUTS, f"must be one of {list(LAYOUTS)}"),
         (
             "ingest",
-            data.ingest == "loader" or data.name == "parquet",
-            "ray_data streams Parquet files only (data=parquet)",
+            data.ingest == "loader" or data.name in ("parquet", "pairs"),
+            "ray_data streams files only (data=parquet or data=pairs)",
         ),
         (
             "num_train_classes",

@@ -11,6 +11,9 @@ classification with :data:`PROMPT_TEMPLATES`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -42,10 +45,15 @@ class PairImages(Dataset):
         return self.pairs.item_source(index)  # type: ignore[attr-defined]
 
 
+def pair_transform(data: DataConfig) -> Callable[[Any], Tensor]:
+    """The image transform of every split: resize, centre crop, ImageNet's statistics."""
+    return IMAGENET.transforms(data.image_size)[1]
+
+
 def build_pairs(data: DataConfig, seed: int) -> DatasetBundle:
     """``pairs``: the train and test folders of ``data.root`` in ``data.layout``."""
     folders = split_dirs(require_root(data))
-    transform = IMAGENET.transforms(data.image_size)[1]
+    transform = pair_transform(data)
     columns = {
         "image_column": data.image_column,
         "caption_column": data.caption_column,

@@ -64,6 +64,8 @@ class ContrastiveLoss(nn.Module, ABC):
 
     name: ClassVar[str]
     aggregations: ClassVar[tuple[Aggregation, ...]] = ("sum", "mean", "mean_per_term")
+    # impl="auto" tiles batches whose similarity matrix has more entries than this
+    auto_tile_entries: ClassVar[int] = AUTO_TILE_ENTRIES
     accepts_labels: ClassVar[bool] = True
     pos_scale: ClassVar[float] = 1.0
 
@@ -151,7 +153,7 @@ class ContrastiveLoss(nn.Module, ABC):
         self, rows_z: Tensor, cols_z: Tensor, rows: PairStructure, cols: PairStructure
     ) -> list[RowStat]:
         tiled = self.impl == "tiled" or (
-            self.impl == "auto" and len(rows) * len(cols) > AUTO_TILE_ENTRIES
+            self.impl == "auto" and len(rows) * len(cols) > self.auto_tile_entries
         )
         if tiled:  # normalises inside, at its memory floor
             return reduce_rows_tiled(

@@ -29,6 +29,10 @@ class PairedLoss(ContrastiveLoss):
     accepts_labels = False
     paired: ClassVar[bool] = True
     columns: ClassVar[ColumnSet] = "cross_view"
+    # Always tiled under impl="auto": the materialised engine would also compute the
+    # same-modality blocks, three quarters of the matrix, which no term reads; the tiles skip
+    # them (4-10× faster at 256-2048 pairs on a CPU).
+    auto_tile_entries: ClassVar[int] = 0
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from raycl.losses.structure import ColumnSet, PairStructure, column_mask
@@ -35,10 +36,6 @@ class Affine:
 
     def __call__(self, s: Tensor) -> Tensor:
         return s * self.scale + self.shift if self.shift else s * self.scale
-
-    def upper_bound(self) -> float:
-        """max f(s) over cosine similarities s ∈ [−1, 1]."""
-        return abs(self.scale) + self.shift
 
 
 @dataclass(frozen=True)
@@ -59,12 +56,24 @@ class Hinge:
 
 
 @dataclass(frozen=True)
+class Softplus:
+    """The map ``f(s) = log(1 + e^s)`` with ``f'(s) = σ(s)`` (SigLIP's pair term; no autograd
+    on tiles)."""
+
+    def __call__(self, s: Tensor) -> Tensor:
+        return F.softplus(s)
+
+    def derivative(self, s: Tensor) -> Tensor:
+        return torch.sigmoid(s)
+
+
+@dataclass(frozen=True)
 class RowReduction:
     """``kind`` over the columns ``columns`` of ``fn(similarity)`` for every anchor row."""
 
     columns: ColumnSet
     kind: ReductionKind
-    fn: Callable[[Tensor], Tensor] | Affine | Hinge
+    fn: Callable[[Tensor], Tensor] | Affine | Hinge | Softplus
 
 
 class RowStat(NamedTuple):

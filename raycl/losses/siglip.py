@@ -33,13 +33,11 @@ from __future__ import annotations
 
 from typing import Unpack
 
-import torch.nn.functional as F
-
 from raycl.losses.aggregation import Aggregation, TermSum
 from raycl.losses.base import EngineOptions, anchor_term, check_bool, check_number, positive_counts
 from raycl.losses.logits import LogitHead
 from raycl.losses.paired import PairedLoss
-from raycl.losses.reductions import Affine, RowReduction, RowStat
+from raycl.losses.reductions import Affine, RowReduction, RowStat, Softplus
 from raycl.losses.structure import PairStructure
 
 
@@ -82,7 +80,7 @@ class SigLIPLoss(PairedLoss):
     def reductions(self) -> list[RowReduction]:
         return [
             RowReduction("positives", "sum", Affine(1.0)),
-            RowReduction(self.columns, "sum", F.softplus),
+            RowReduction(self.columns, "sum", Softplus()),
         ]
 
     def term_sums(

@@ -16,9 +16,11 @@ Fast paths, all exact:
 * rows and columns are the same batch → S and every column set are symmetric: only tiles on
   and above the diagonal are visited, each serving its rows and (transposed) its columns, so
   forward + backward cost two M×M×d GEMMs instead of four;
-* ``logsumexp`` of an :class:`Affine` map of unit-norm embeddings → a fixed shift
-  ``c = max f`` replaces the running max (no overflow, no underflow while the range of f is
-  ≤ 80), one ``exp`` per entry serves rows and columns, and f' is the constant ``a``;
+* ``logsumexp`` of an :class:`Affine` map → a fixed shift ``c ≥ max f`` replaces the running
+  max (no overflow, no underflow while the range of f is ≤ 80), one ``exp`` per entry serves
+  rows and columns, and f' is the constant ``a``. Similarities are bounded by 1 for unit-norm
+  embeddings, else by ``max‖z_rows‖ · max‖z_cols‖`` (Cauchy–Schwarz; one pass over the
+  embeddings per call: the logit embeddings of the two-tower losses carry their scale);
 * ``sum`` of a map that knows its derivative (:class:`Hinge`) → no autograd on the tile.
 
 Other maps get f' from autograd on the tile.
@@ -72,12 +74,25 @@ class TilePlan:
     symmetric: bool
     unit_norm: bool
 
-    def fixed_shift(self, reduction: RowReduction) -> float | None:
-        """The constant log-sum-exp shift ``max f`` where it is exact, else ``None``."""
+    def fixed_shift(self, reduction: RowReduction, bound: float = 1.0) -> float | None:
+        """The constant log-sum-exp shift ``max f`` over similarities ``|s| ≤ bound`` where it
+        is exact, else ``None``."""
         fn = reduction.fn
-        if reduction.kind != "logsumexp" or not isinstance(fn, Affine) or not self.unit_norm:
+        if reduction.kind != "logsumexp" or not isinstance(fn, Affine):
             return None
-        return fn.upper_bound() if 2 * abs(fn.scale) <= FIXED_SHIFT_MAX_RANGE else None
+        spread = abs(fn.scale) * bound
+        return spread + fn.shift if 2 * spread <= FIXED_SHIFT_MAX_RANGE else None
+
+    def similarity_bound(self, rows_z: Tensor, cols_z: Tensor) -> float:
+        """A bound on ``|s_ij|``: 1 for unit norms, else the product of the largest norms."""
+        if self.unit_norm:
+            return 1.0
+        largest = [
+            max(float(torch.linalg.vector_norm(accumulation(z[i : i + self.block]), dim=1).max())
+                for i in range(0, len(z), self.block))
+            for z in (rows_z, cols_z)
+        ]  # fmt: skip
+        return largest[0] * largest[1]
 
     def tiles(self) -> list[tuple[int, int, int, int, bool]]:
         """``(row start, row stop, col start, col stop, mirrored)`` for every tile to visit."""
@@ -189,11 +204,13 @@ class TileReductions:
 
     def __init__(self, plan: TilePlan) -> None:
         self.plan = plan
-        self.shifts = [plan.fixed_shift(r) for r in plan.reductions]
+        self.shifts: list[float | None] = []
         self.results: list[Tensor] = []
 
     def forward(self, rows_z: Tensor, cols_z: Tensor) -> list[RowStat]:
-        plan, shifts = self.plan, self.shifts
+        plan = self.plan
+        bound = plan.similarity_bound(rows_z, cols_z)
+        shifts = self.shifts = [plan.fixed_shift(r, bound) for r in plan.reductions]
         acc_dtype = torch.promote_types(rows_z.dtype, torch.float32)
         zeros = torch.zeros(len(plan.rows), dtype=acc_dtype, device=rows_z.device)
         online = [
