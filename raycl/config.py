@@ -277,7 +277,7 @@ def _pairing_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
     from raycl.models import TWO_TOWER
 
     loss = cfg.loss["name"]
-    paired_loss = getattr(LOSSES[loss], "paired", False)
+    paired_loss = LOSSES[loss].paired
     paired_data = DATASETS[cfg.data.name].paired
     paired_sets = [name for name, spec in DATASETS.items() if spec.paired]
     two_tower = cfg.model.name == TWO_TOWER
@@ -309,7 +309,7 @@ def _pairing_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
 def _paired_losses() -> list[str]:
     from raycl.losses import LOSSES
 
-    return [name for name, cls in LOSSES.items() if getattr(cls, "paired", False)]
+    return [name for name, cls in LOSSES.items() if cls.paired]
 
 
 def _select(cfg: Any, dotted: str) -> Any:

@@ -101,7 +101,11 @@ class RayTrainSession:
             paired = DATASETS[data.name].paired
             size = data.batch_size_per_worker
             return ShardBatches(shard, size, len(dataset), self.world_size, paired)
-        return self._torch.prepare_data_loader(training_loader(dataset, data, seed))
+        # The step moves inputs to the device itself; on a GPU the wrapper's copy stream
+        # overlaps the copy with compute, on a CPU it would only prefetch a batch ahead
+        # (a batch more than the epoch's steps read) and walk every batch's items.
+        loader = training_loader(dataset, data, seed)
+        return self._torch.prepare_data_loader(loader, move_to_device=self.device.type != "cpu")
 
 
 class TuneSession:

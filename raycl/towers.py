@@ -20,15 +20,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from open_clip.model import CLIPTextCfg, CLIPVisionCfg, _build_text_tower, _build_vision_tower
-from open_clip.tokenizer import SimpleTokenizer
 from torch import Tensor, nn
 
 from raycl.losses.logits import LogitHead
 from raycl.schema import ModelConfig
+
+if TYPE_CHECKING:  # open_clip (with timm: 0.4 s) is imported where a two-tower model is built
+    from open_clip.model import CLIPVisionCfg
+    from open_clip.tokenizer import SimpleTokenizer
 
 OPEN_CLIP_VISION = ("vit", "modified_resnet")
 HEAD_WIDTH = 32  # channels per attention head of open_clip's vision towers
@@ -36,6 +38,8 @@ HEAD_WIDTH = 32  # channels per attention head of open_clip's vision towers
 
 def vision_config(model: ModelConfig, image_size: int) -> CLIPVisionCfg:
     """open_clip's vision config for ``model.image_tower`` (vit or modified_resnet)."""
+    from open_clip.model import CLIPVisionCfg
+
     layers = model.vision_layers
     return CLIPVisionCfg(
         layers=layers if model.image_tower == "vit" else (layers,) * 4,
@@ -124,6 +128,8 @@ class TwoTowerModel(nn.Module):
 @cache
 def tokenizer(context_length: int) -> SimpleTokenizer:
     """open_clip's BPE tokenizer (its vocabulary ships in the package), built once a process."""
+    from open_clip.tokenizer import SimpleTokenizer
+
     return SimpleTokenizer(context_length=context_length)
 
 
@@ -154,6 +160,8 @@ def build_two_tower(
     """The two towers of the ``model`` section (``proj_dim`` is the joint embedding), joined by
     ``head`` (the loss's :meth:`~raycl.losses.paired.PairedLoss.logit_head`); the image tower
     is ``image_encoder`` (a raycl encoder) projected, or open_clip's when it is None."""
+    from open_clip.model import CLIPTextCfg, _build_text_tower, _build_vision_tower
+
     check_towers(model)
     dim = model.proj_dim
     if image_encoder is None:

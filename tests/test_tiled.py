@@ -55,7 +55,7 @@ def cases():
     embeddings, never normalised by the loss)."""
     for name, cls in sorted(LOSSES.items()):
         for aggregation in cls.aggregations:
-            for normalize in (False,) if getattr(cls, "paired", False) else (True, False):
+            for normalize in (False,) if cls.paired else (True, False):
                 yield name, aggregation, normalize
 
 

@@ -67,6 +67,7 @@ class ContrastiveLoss(nn.Module, ABC):
     # impl="auto" tiles batches whose similarity matrix has more entries than this
     auto_tile_entries: ClassVar[int] = AUTO_TILE_ENTRIES
     accepts_labels: ClassVar[bool] = True
+    paired: ClassVar[bool] = False  # image–text pairs from a two-tower model (PairedLoss)
     pos_scale: ClassVar[float] = 1.0
 
     def __init__(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar, Unpack
 
+from raycl.losses.aggregation import Aggregation
 from raycl.losses.base import (
     ContrastiveLoss,
     EngineOptions,
@@ -27,7 +28,7 @@ class PairedLoss(ContrastiveLoss):
     """Base of :class:`~raycl.losses.clip.CLIPLoss` and :class:`~raycl.losses.siglip.SigLIPLoss`."""
 
     accepts_labels = False
-    paired: ClassVar[bool] = True
+    paired = True
     columns: ClassVar[ColumnSet] = "cross_view"
     # Always tiled under impl="auto": the materialised engine would also compute the
     # same-modality blocks, three quarters of the matrix, which no term reads; the tiles skip
@@ -41,7 +42,7 @@ class PairedLoss(ContrastiveLoss):
         learn_temperature: bool,
         max_logit_scale: float,
         weight: float,
-        aggregation,
+        aggregation: Aggregation,
         **engine: Unpack[EngineOptions],
     ) -> None:
         if engine.setdefault("normalize", False):
