@@ -28,17 +28,17 @@ from __future__ import annotations
 
 from typing import Unpack
 
-from raycl.losses.aggregation import Aggregation, TermSum
-from raycl.losses.base import EngineOptions, anchor_term, positive_counts
+from raycl.losses.aggregation import Aggregation
+from raycl.losses.base import EngineOptions
 from raycl.losses.paired import PairedLoss
-from raycl.losses.reductions import Affine, RowReduction, RowStat
-from raycl.losses.structure import PairStructure
+from raycl.losses.reductions import Affine, RowReduction
 
 
 class CLIPLoss(PairedLoss):
     """Symmetric image–text InfoNCE; the head learns t = 1/temperature unless fixed."""
 
     name = "clip"
+    pair_term = RowReduction("cross_view", "logsumexp", Affine(1.0))
 
     def __init__(
         self,
@@ -57,16 +57,3 @@ class CLIPLoss(PairedLoss):
             aggregation=aggregation,
             **engine,
         )
-
-    def reductions(self) -> list[RowReduction]:
-        return [
-            RowReduction("positives", "sum", Affine(1.0)),
-            RowReduction(self.columns, "logsumexp", Affine(1.0)),
-        ]
-
-    def term_sums(
-        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
-    ) -> tuple[TermSum, TermSum]:
-        positives, entropy = stats
-        pos = anchor_term(-positives.value / positive_counts(rows, cols, self.name))
-        return pos, anchor_term(entropy.value)

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 from typing import ClassVar, Unpack
 
-from raycl.losses.aggregation import Aggregation
+from raycl.losses.aggregation import Aggregation, TermSum
 from raycl.losses.base import (
     ContrastiveLoss,
     EngineOptions,
+    anchor_term,
     check_bool,
     check_number,
     positive_counts,
 )
 from raycl.losses.logits import LogitHead
-from raycl.losses.structure import ColumnSet, PairStructure
+from raycl.losses.reductions import Affine, RowReduction, RowStat
+from raycl.losses.structure import PairStructure
 
 
 class PairedLoss(ContrastiveLoss):
@@ -29,7 +31,7 @@ class PairedLoss(ContrastiveLoss):
 
     accepts_labels = False
     paired = True
-    columns: ClassVar[ColumnSet] = "cross_view"
+    pair_term: ClassVar[RowReduction]  # the entropy term's reduction over the other modality
     # Always tiled under impl="auto": the materialised engine would also compute the
     # same-modality blocks, three quarters of the matrix, which no term reads; the tiles skip
     # them (4-10× faster at 256-2048 pairs on a CPU).
@@ -66,6 +68,19 @@ class PairedLoss(ContrastiveLoss):
 
     def check_structure(self, rows: PairStructure, cols: PairStructure) -> None:
         positive_counts(rows, cols, self.name)
+
+    def reductions(self) -> list[RowReduction]:
+        """The pair's logit (summed over the one positive) and the family's reduction over the
+        other modality: [x_{i p(i)}, pair_term_i]."""
+        return [RowReduction("positives", "sum", Affine(1.0)), self.pair_term]
+
+    def term_sums(
+        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
+    ) -> tuple[TermSum, TermSum]:
+        """pos_i = −x_{i p(i)}, ent_i = the family's reduction over the other modality."""
+        positives, pairs = stats
+        pos = anchor_term(-positives.value / positive_counts(rows, cols, self.name))
+        return pos, anchor_term(pairs.value)
 
     def hparams(self) -> dict[str, object]:
         return {

@@ -33,18 +33,18 @@ from __future__ import annotations
 
 from typing import Unpack
 
-from raycl.losses.aggregation import Aggregation, TermSum
-from raycl.losses.base import EngineOptions, anchor_term, check_bool, check_number, positive_counts
+from raycl.losses.aggregation import Aggregation
+from raycl.losses.base import EngineOptions, check_bool, check_number
 from raycl.losses.logits import LogitHead
 from raycl.losses.paired import PairedLoss
-from raycl.losses.reductions import Affine, RowReduction, RowStat, Softplus
-from raycl.losses.structure import PairStructure
+from raycl.losses.reductions import RowReduction, Softplus
 
 
 class SigLIPLoss(PairedLoss):
     """Pairwise sigmoid loss; the head learns t = 1/temperature and the bias b unless fixed."""
 
     name = "siglip"
+    pair_term = RowReduction("cross_view", "sum", Softplus())
 
     def __init__(
         self,
@@ -76,19 +76,6 @@ class SigLIPLoss(PairedLoss):
             self.bias,
             self.learn_bias,
         )
-
-    def reductions(self) -> list[RowReduction]:
-        return [
-            RowReduction("positives", "sum", Affine(1.0)),
-            RowReduction(self.columns, "sum", Softplus()),
-        ]
-
-    def term_sums(
-        self, stats: list[RowStat], rows: PairStructure, cols: PairStructure
-    ) -> tuple[TermSum, TermSum]:
-        positives, pairs = stats
-        pos = anchor_term(-positives.value / positive_counts(rows, cols, self.name))
-        return pos, anchor_term(pairs.value)
 
     def hparams(self) -> dict[str, object]:
         return {"bias": self.bias, "learn_bias": self.learn_bias, **super().hparams()}
