@@ -67,7 +67,12 @@ def check_engines(
         raise ValueError(f"dtype must be one of float32, bfloat16, float16, got {dtype!r}")
     params = {**PARAMS.get(family, {}), **params}
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(2, size // 2, dim, generator=g).to(dev, dt)
+    x = torch.randn(2, size // 2, dim, generator=g)
+    family_loss = build_loss(family, **params)
+    if family_loss.paired:  # their inputs: image and text through the logit head (its t, b)
+        with torch.no_grad():
+            x = family_loss.logit_head()(x[0], x[1]).transpose(0, 1)
+    x = x.to(dev, dt)
     labels = torch.arange(size // 2, device=dev) % 4 if family in SUPERVISED else None
 
     engines = {
@@ -75,7 +80,7 @@ def check_engines(
         for impl in ("materialised", "tiled")
     }
     z, structure = flatten_batch(x, labels)
-    z_hat = build_loss(family, **params)._normalised(z)  # the embeddings both engines multiply
+    z_hat = family_loss._normalised(z)  # the embeddings both engines multiply
     reference = _Reference(family, params, z, z_hat, structure)
     exact = reference.evaluate()
     bounds = reference.bounds(exact, UNIT_ROUNDOFF[dt], seed)
@@ -124,13 +129,15 @@ class _Reference:
     rows ``S`` against identity columns, ``S·I = S`` exactly, so every reduction sees S."""
 
     def __init__(self, family, params, z: Tensor, z_hat: Tensor, structure: PairStructure):
-        self.loss = build_loss(family, impl="materialised", normalize=False, **params)
+        # the engines normalise unless the family says not to (the paired losses' inputs)
+        self.normalize = build_loss(family, **params).normalize
+        self.loss = build_loss(family, impl="materialised", **{**params, "normalize": False})
         self.z, self.z_hat, self.structure = z.double(), z_hat.double(), structure
         self.eye = torch.eye(len(z), dtype=torch.float64, device=z.device)
 
     def evaluate(self, perturbation: Tensor | None = None) -> _Exact:
         x = self.z.clone().requires_grad_(True)
-        normalised = F.normalize(x, dim=-1)
+        normalised = F.normalize(x, dim=-1) if self.normalize else x
         # value ẑ, gradient through the normalisation (the engines' cast passes it unchanged)
         z_hat = normalised + (self.z_hat - normalised).detach()
         sim = z_hat @ z_hat.T
