@@ -184,14 +184,51 @@ def build_two_tower(
         image, _build_text_tower(dim, text_cfg), head, text_cfg.context_length
     )
     if model.pretrained is not None:
-        two_tower.load_state_dict(load_weights(Path(model.pretrained)))
+        load_pretrained(two_tower, Path(model.pretrained))
     return two_tower
 
 
-def load_weights(path: Path) -> dict[str, Tensor]:
-    """A state dict from safetensors or a plain tensor file (never unpickling code)."""
+def load_pretrained(model: TwoTowerModel, path: Path) -> None:
+    """Load a state dict from ``path`` into ``model``: raycl's own (``raycl export``'s files are
+    the towers' parts) or open_clip's CLIP / CustomTextCLIP naming (``visual.*``, the text
+    tower's keys at the top or under ``text.``, ``logit_scale``, ``logit_bias``), also inside a
+    training checkpoint's ``state_dict`` and with DDP's ``module.`` prefixes. The head's
+    scalars may be absent (they keep the loss's initial values); any other mismatch is a
+    one-line ``ValueError``."""
+    weights = read_state_dict(path)
+    if any(key.startswith("visual.") for key in weights):
+        weights = {_raycl_key(key): value for key, value in weights.items()}
+    try:
+        missing, unexpected = model.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shapes that differ: torch lists each on a line of its own
+        mismatch = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise ValueError(f"model.pretrained: {path} does not fit this model: {mismatch}") from None
+    missing = [key for key in missing if not key.startswith("head.")]
+    if missing or unexpected:
+        problem = f"lacks {missing[0]!r}" if missing else f"has {unexpected[0]!r}"
+        raise ValueError(
+            f"model.pretrained: {path} does not fit this model: it {problem} "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys)"
+        )
+
+
+def _raycl_key(key: str) -> str:
+    """An open_clip CLIP key as this model names it."""
+    if key.startswith("visual."):
+        return "image.tower." + key.removeprefix("visual.")
+    if key in ("logit_scale", "logit_bias"):
+        return "head." + key
+    return key if key.startswith("text.") else "text." + key
+
+
+def read_state_dict(path: Path) -> dict[str, Tensor]:
+    """A state dict from safetensors or a plain tensor file (never unpickling code), unwrapped
+    from a checkpoint's ``state_dict`` and DDP's ``module.`` prefixes."""
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return load_file(path)
-    return torch.load(path, map_location="cpu", weights_only=True)
+        weights = load_file(path)
+    else:
+        weights = torch.load(path, map_location="cpu", weights_only=True)
+        weights = weights.get("state_dict", weights)
+    return {key.removeprefix("module."): value for key, value in weights.items()}

@@ -84,6 +84,33 @@ def test_pretrained_weights_load_from_safetensors(tmp_path):
         assert torch.equal(a, b)
 
 
+def test_open_clip_checkpoints_load_into_the_towers(tmp_path):
+    """An open_clip CLIP's weights, saved as a training checkpoint would (``state_dict``, DDP's
+    ``module.`` prefixes): the towers then embed exactly as open_clip's model does."""
+    from open_clip.model import CLIP, CLIPTextCfg
+
+    from raycl.towers import text_config, vision_config
+
+    config = ModelConfig(name="two_tower", image_tower="vit", **TINY)
+    torch.manual_seed(3)
+    reference = CLIP(16, vision_config(config, 8), CLIPTextCfg(**text_config(config))).eval()
+    state = {f"module.{k}": v for k, v in reference.state_dict().items()}
+    path = tmp_path / "epoch_32.pt"
+    torch.save({"epoch": 32, "state_dict": state}, path)
+    config.pretrained = str(path)
+    model = build_model(config, 3, SigLIPLoss().logit_head(), 8).eval()
+    images, tokens = torch.rand(4, 3, 8, 8), model.tokenize(["a bold two", "a faint one"] * 2)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images)[1], reference.encode_image(images))
+        torch.testing.assert_close(model.encode_text(tokens), reference.encode_text(tokens))
+    assert model.head.logit_scale.item() == reference.logit_scale.item()
+    assert model.head.logit_bias.item() == -10.0  # a CLIP checkpoint has none: the loss's init
+    config.proj_dim = 32
+    with pytest.raises(ValueError, match=r"model.pretrained: .* does not fit this model") as err:
+        build_model(config, 3, SigLIPLoss().logit_head(), 8)
+    assert "\n" not in str(err.value)
+
+
 def test_generated_attributes_change_the_image_and_the_caption():
     pairs = DigitPairs("train")
     (plain, caption), label = pairs[0]
