@@ -280,13 +280,14 @@ def _pairing_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
     paired_loss = LOSSES[loss].paired
     paired_data = DATASETS[cfg.data.name].paired
     paired_sets = [name for name, spec in DATASETS.items() if spec.paired]
+    paired_losses = [name for name, cls in LOSSES.items() if cls.paired]
     two_tower = cfg.model.name == TWO_TOWER
     return [
         ("model.name", two_tower or not paired_loss, f"must be two_tower for loss {loss}"),
         (
             "loss.name",
             paired_loss or not two_tower,
-            f"must be a paired loss for model two_tower: one of {_paired_losses()}",
+            f"must be a paired loss for model two_tower: one of {paired_losses}",
         ),
         (
             "data.name",
@@ -304,12 +305,6 @@ def _pairing_checks(cfg: TrainConfig) -> list[tuple[str, bool, str]]:
             "must be false for image-caption pairs (the paired losses take no labels)",
         ),
     ]
-
-
-def _paired_losses() -> list[str]:
-    from raycl.losses import LOSSES
-
-    return [name for name, cls in LOSSES.items() if cls.paired]
 
 
 def _select(cfg: Any, dotted: str) -> Any:

@@ -54,14 +54,14 @@ def load_encoder(
     embeddings)`` and ``encoder.embed_text(texts)`` the text tower's embeddings of strings.
     """
     from raycl.data import evaluation_transform
-    from raycl.losses import logit_head_for
+    from raycl.losses import build_loss
     from raycl.models import TWO_TOWER, build_model
 
     chosen = choose_checkpoint(Path(path), checkpoint)
     record = run_record(chosen)
     config = recorded_config(chosen)
     two_tower = config.model.name == TWO_TOWER
-    head = logit_head_for(config.loss)
+    head = build_loss(**config.loss).logit_head()
     model = build_model(config.model, record["in_channels"], head, record["input_shape"][-1])
     state = load_state(chosen)
     try:

@@ -9,7 +9,9 @@ retrieval, and each modality's alignment and uniformity.
     pair_alignment      mean ‖ẑ_image − ẑ_text‖² over the held-out pairs
     uniformity_image / uniformity_text   log mean exp(−2‖ẑ_i − ẑ_j‖²) within each modality
 
-Every rank evaluates the same held-out split and gets the same numbers (no collectives).
+Every rank gets the same numbers: the zero-shot images are embedded by
+:func:`raycl.evaluate.embed` (sharded over the ranks, gathered back), the held-out pairs and
+prompts by every rank alike.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from raycl import metrics
 from raycl.data.builder import CaptionEval
+from raycl.evaluate import embed
 from raycl.towers import TwoTowerModel
 
 UNIFORMITY_POINTS = 2048  # pairwise metrics on at most this many items (O(N²) memory)
@@ -46,7 +49,8 @@ def evaluate_towers(
     module.eval()
     try:
         images, texts, caption_ids = _embed_pairs(module, captions.pairs, batch_size, device)
-        test_z, test_y = _embed_images(module, test_images, batch_size, device)
+        _, test_z, test_y = embed(module, test_images, batch_size, device)
+        test_z = F.normalize(test_z, dim=1)
         classes = torch.stack([_class_embedding(module, p, device) for p in captions.class_prompts])
     finally:
         module.train(training)
@@ -74,16 +78,6 @@ def _embed_pairs(
         texts.append(F.normalize(embeddings[:, 1], dim=1))
         ids += [known.setdefault(caption, len(known)) for caption in batch_captions]
     return torch.cat(images), torch.cat(texts), torch.tensor(ids)
-
-
-def _embed_images(
-    module: TwoTowerModel, dataset: Dataset, batch_size: int, device: torch.device
-) -> tuple[Tensor, Tensor]:
-    embeddings, labels = [], []
-    for images, y in DataLoader(dataset, batch_size=batch_size):
-        embeddings.append(F.normalize(module(images.to(device))[1].float().cpu(), dim=1))
-        labels.append(torch.as_tensor(y))
-    return torch.cat(embeddings), torch.cat(labels)
 
 
 def _class_embedding(module: TwoTowerModel, prompts: list[str], device: torch.device) -> Tensor:

@@ -208,7 +208,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     import torch
 
     from raycl.data import build_datasets
-    from raycl.losses import logit_head_for
+    from raycl.losses import build_loss
     from raycl.models import build_model, models_for
 
     try:
@@ -227,7 +227,7 @@ def check_inputs(cfg: TrainConfig) -> None:
             f"({size} items)"
         )
     item = bundle.test_eval[0][0]
-    head = logit_head_for(cfg.loss)
+    head = build_loss(**cfg.loss).logit_head()
     model = build_model(cfg.model, bundle.in_channels, head, item.shape[-1]).eval()
     try:
         with torch.no_grad():

@@ -40,7 +40,7 @@ from raycl.errors import DataError, TrainingDiverged
 from raycl.evaluate import alignment_from_batch, evaluate_representation
 from raycl.evaluate_towers import evaluate_towers
 from raycl.gradcache import encode
-from raycl.losses import ContrastiveLoss, LossTerms, PairedLoss, build_loss
+from raycl.losses import ContrastiveLoss, LossTerms, build_loss
 from raycl.metrics import DegenerateEmbeddings
 from raycl.models import build_model
 from raycl.optim import build_optimization, restore_schedule
@@ -122,9 +122,9 @@ def prepare(config: TrainConfig, session: Session) -> TrainingRun:
     bundle = build_datasets(data, seed=config.seed)
     loader = session.training_batches(bundle.train_contrastive, data, config.seed)
     loss_fn = build_loss(**config.loss)
-    head = loss_fn.logit_head() if isinstance(loss_fn, PairedLoss) else None
     image_size = bundle.test_eval[0][0].shape[-1]
-    model = session.prepare_model(build_model(config.model, bundle.in_channels, head, image_size))
+    model = build_model(config.model, bundle.in_channels, loss_fn.logit_head(), image_size)
+    model = session.prepare_model(model)
     steps = len(loader)
     if config.max_steps_per_epoch:
         steps = min(steps, config.max_steps_per_epoch)

@@ -50,17 +50,22 @@ def pair_transform(data: DataConfig) -> Callable[[Any], Tensor]:
     return IMAGENET.transforms(data.image_size)[1]
 
 
-def build_pairs(data: DataConfig, seed: int) -> DatasetBundle:
-    """``pairs``: the train and test folders of ``data.root`` in ``data.layout``."""
-    folders = split_dirs(require_root(data))
-    transform = pair_transform(data)
-    columns = {
+def pair_columns(data: DataConfig) -> dict[str, str | None]:
+    """The Parquet columns the ``data`` section names, as the readers take them (none for
+    WebDataset: its members are found by extension, and the readers refuse column names)."""
+    if data.layout == "webdataset":
+        return {}
+    return {
         "image_column": data.image_column,
         "caption_column": data.caption_column,
         "label_column": data.label_column,
     }
-    if data.layout == "webdataset":
-        columns = {}  # members, not columns (open_pairs refuses column names there)
+
+
+def build_pairs(data: DataConfig, seed: int) -> DatasetBundle:
+    """``pairs``: the train and test folders of ``data.root`` in ``data.layout``."""
+    folders = split_dirs(require_root(data))
+    transform, columns = pair_transform(data), pair_columns(data)
     train, test = (
         open_pairs(folders[split], data.layout, transform, **columns) for split in ("train", "test")
     )

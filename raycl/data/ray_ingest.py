@@ -97,15 +97,13 @@ def contrastive_dataset(data: DataConfig, context_length: int | None = None) -> 
     """The training split of ``data`` as a Ray Dataset: augmented views of Parquet images, or
     image–caption pairs tokenised to ``context_length`` tokens (``data=pairs``)."""
     from raycl.data import DATASETS
+    from raycl.data.caption_pairs import pair_columns
     from raycl.data.paired_files import read_pairs_ray
     from raycl.data.parquet import read_ray_dataset
 
     root = str(data.root or ".").rstrip("/")  # a local path or a URI such as s3://bucket/set
     if DATASETS[data.name].paired:
-        columns = {"image_column": data.image_column, "caption_column": data.caption_column}
-        columns = {**columns, "label_column": data.label_column}
-        if data.layout == "webdataset":
-            columns = {}
+        columns = pair_columns(data)
         source = read_pairs_ray(f"{root}/train", data.layout, include_paths=True, **columns)
         decode, options = decode_pairs, {"data": data, "context_length": context_length}
     else:

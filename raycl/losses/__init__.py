@@ -7,7 +7,6 @@ by name with :func:`build_loss`, e.g. ``build_loss("tcl", temperature=0.1, k1=50
 from __future__ import annotations
 
 import inspect
-from collections.abc import Mapping
 from typing import Any
 
 from raycl.losses.aggregation import AGGREGATIONS, aggregate
@@ -51,13 +50,6 @@ def build_loss(name: str, **params: Any) -> ContrastiveLoss:
     return cls(**params)
 
 
-def logit_head_for(loss: Mapping[str, Any]) -> LogitHead | None:
-    """The logit head a two-tower model takes from its paired loss's config (None for the
-    other losses): the learnable scale and bias, initialised as the loss section says."""
-    built = build_loss(**loss)
-    return built.logit_head() if isinstance(built, PairedLoss) else None
-
-
 def loss_parameters(cls: type[ContrastiveLoss]) -> list[str]:
     """A family's own parameters (its balance knobs), without the shared engine knobs."""
     kinds = (inspect.Parameter.VAR_KEYWORD, inspect.Parameter.VAR_POSITIONAL)
@@ -89,5 +81,4 @@ __all__ = [
     "aggregate",
     "build_loss",
     "flatten_batch",
-    "logit_head_for",
 ]

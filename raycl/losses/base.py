@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from raycl.losses.aggregation import Aggregation, TermSum, aggregate
 from raycl.losses.engine import reduce_rows_tiled
+from raycl.losses.logits import LogitHead
 from raycl.losses.reductions import (
     RowReduction,
     RowStat,
@@ -130,6 +131,11 @@ class ContrastiveLoss(nn.Module, ABC):
         pos_value = self.pos_scale * pos_value
         ent_value = self.ent_scale(cols) * ent_value
         return LossTerms(pos_value + self.weight * ent_value, pos_value, ent_value)
+
+    def logit_head(self) -> LogitHead | None:
+        """The logit head a two-tower model takes from this loss (None: the loss scores one
+        encoder's embeddings; :class:`~raycl.losses.paired.PairedLoss` gives one)."""
+        return None
 
     def check_structure(self, rows: PairStructure, cols: PairStructure) -> None:
         """Raise ValueError if the anchors ``rows`` cannot be scored against ``cols`` (e.g. an

@@ -63,7 +63,8 @@ class PairedLoss(ContrastiveLoss):
             )
 
     def logit_head(self) -> LogitHead:
-        """The head that turns the towers' embeddings into this loss's inputs."""
+        """The head that turns the towers' embeddings into this loss's inputs (its learnable
+        scale, initialised as the loss's knobs say)."""
         return LogitHead(self.temperature, self.learn_temperature, self.max_logit_scale)
 
     def check_structure(self, rows: PairStructure, cols: PairStructure) -> None:

@@ -13,9 +13,9 @@ Over the 2N rows of a batch (images, then captions; each pair seen from both end
     pos = mean_i[ −x_{i p(i)} ]     ent = mean_i[ Σ_{j ∈ other modality} softplus(x_ij) ]
     total = pos + weight · ent
 
-At weight 1 this is open_clip's ``SigLipLoss`` (its sum over pairs divided by N). The terms
-SigLIP's paper reports, pairs −mean log σ(x_ii) and non-pairs, are
-:func:`pair_and_non_pair_terms`.
+At weight 1 this is open_clip's ``SigLipLoss`` (its sum over pairs divided by N). ``pos`` and
+``ent`` are this split, not the paper's pair / non-pair terms (−log σ(x_ii) and the softplus
+over i ≠ j), which would differ from them by Σ_i softplus(x_ii).
 
 >>> import torch, torch.nn.functional as F
 >>> from raycl.losses import SigLIPLoss

@@ -21,7 +21,8 @@ Fast paths, all exact:
   rows and columns, and f' is the constant ``a``. Similarities are bounded by 1 for unit-norm
   embeddings, else by ``max‖z_rows‖ · max‖z_cols‖`` (Cauchy–Schwarz; one pass over the
   embeddings per call: the logit embeddings of the two-tower losses carry their scale);
-* ``sum`` of a map that knows its derivative (:class:`Hinge`) → no autograd on the tile.
+* ``sum`` of a map that knows its derivative (:class:`Hinge`, :class:`Softplus`) → no autograd
+  on the tile.
 
 Other maps get f' from autograd on the tile.
 """
@@ -78,10 +79,18 @@ class TilePlan:
         """The constant log-sum-exp shift ``max f`` over similarities ``|s| ≤ bound`` where it
         is exact, else ``None``."""
         fn = reduction.fn
-        if reduction.kind != "logsumexp" or not isinstance(fn, Affine):
+        if not _affine_logsumexp(reduction):
             return None
         spread = abs(fn.scale) * bound
         return spread + fn.shift if 2 * spread <= FIXED_SHIFT_MAX_RANGE else None
+
+    def fixed_shifts(self, rows_z: Tensor, cols_z: Tensor) -> list[float | None]:
+        """:meth:`fixed_shift` of every reduction, with the similarity bound of these inputs
+        (its pass over the embeddings only where a reduction could take a fixed shift)."""
+        if not any(_affine_logsumexp(r) for r in self.reductions):
+            return [None] * len(self.reductions)
+        bound = self.similarity_bound(rows_z, cols_z)
+        return [self.fixed_shift(r, bound) for r in self.reductions]
 
     def similarity_bound(self, rows_z: Tensor, cols_z: Tensor) -> float:
         """A bound on ``|s_ij|``: 1 for unit norms, else the product of the largest norms."""
@@ -141,6 +150,10 @@ class TilePlan:
                 mask = getattr(rows, key)[:, None] == getattr(cols, key)[None, :]
                 masks[which] = mask if not_self is None else mask & not_self
         return masks
+
+
+def _affine_logsumexp(reduction: RowReduction) -> bool:
+    return reduction.kind == "logsumexp" and isinstance(reduction.fn, Affine)
 
 
 def _apply(reduction: RowReduction, sim: Tensor, mask: Tensor | None) -> Tensor:
@@ -209,8 +222,7 @@ class TileReductions:
 
     def forward(self, rows_z: Tensor, cols_z: Tensor) -> list[RowStat]:
         plan = self.plan
-        bound = plan.similarity_bound(rows_z, cols_z)
-        shifts = self.shifts = [plan.fixed_shift(r, bound) for r in plan.reductions]
+        shifts = self.shifts = plan.fixed_shifts(rows_z, cols_z)
         acc_dtype = torch.promote_types(rows_z.dtype, torch.float32)
         zeros = torch.zeros(len(plan.rows), dtype=acc_dtype, device=rows_z.device)
         online = [
